@@ -1,0 +1,197 @@
+"""Warp preview for the points editor: request validation and the warp of a picture.
+
+Pure Python + torch, no ComfyUI import: the server route in ``nodes/preview_route.py`` only reads
+files and encodes the PNG; everything that can be wrong with a request is decided here, so it is
+unit-tested without a server.
+
+How the preview is computed (one implementation of the maths, the same calls as the nodes):
+the RGB image is average-pooled onto the latent grid (H//8 x W//8, one cell per 8x8 pixel block,
+the size of the SD latent the real edit warps), the points and mask are mapped with the official
+image -> latent rules (``image_points_to_latent``, ``image_mask_to_latent``), and that 3-channel
+"latent" goes through ``lwf_warp`` (LWF + relocation) and ``bnni_fill``. So the preview shows the
+real geometry of the edit: which latent cells move where, and which cells are holes that BNNI
+fills (tinted magenta when ``holes`` is on). It is at latent resolution on purpose; it does not
+show what the diffusion pass will paint.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+LATENT_FACTOR = 8
+FILE_TYPES = ("input", "temp", "output")  # the folders /view serves
+MASK_CHANNELS = ("alpha", "red", "green", "blue")  # LoadImageMask's channels; alpha means 1 - alpha
+MAX_POINTS_CHARS = 200_000
+HOLE_TINT = (1.0, 0.0, 1.0)
+
+
+class PreviewRequestError(ValueError):
+    """A request the route answers with 400 and this message."""
+
+
+@dataclass(frozen=True)
+class FileRef:
+    """A file as ComfyUI's /view names it: ``filename`` in ``subfolder`` of the ``type`` folder."""
+
+    filename: str
+    subfolder: str = ""
+    type: str = "input"
+
+
+@dataclass(frozen=True)
+class PreviewRequest:
+    image: FileRef
+    mask: FileRef | None
+    mask_channel: str
+    points: object  # fastdrag_core.points.DragPoints
+    holes: bool
+
+
+def parse_file_ref(obj, what: str) -> FileRef:
+    """Validate ``{"filename", "subfolder"?, "type"?}``; the path itself is checked by
+    :func:`resolve_in_folder` once the folder is known."""
+    if isinstance(obj, str):
+        obj = {"filename": obj}
+    if not isinstance(obj, dict):
+        raise PreviewRequestError(f"{what}: expected an object {{filename, subfolder, type}}, got {type(obj).__name__}")
+    filename = obj.get("filename")
+    subfolder = obj.get("subfolder", "") or ""
+    ftype = obj.get("type", "input") or "input"
+    if not isinstance(filename, str) or not filename.strip():
+        raise PreviewRequestError(f"{what}.filename: a non-empty string is required")
+    if not isinstance(subfolder, str):
+        raise PreviewRequestError(f"{what}.subfolder: must be a string")
+    if "\x00" in filename or "\x00" in subfolder:
+        raise PreviewRequestError(f"{what}: NUL byte in the file name")
+    if ftype not in FILE_TYPES:
+        raise PreviewRequestError(f"{what}.type: {ftype!r} is not one of {', '.join(FILE_TYPES)}")
+    return FileRef(filename, subfolder, ftype)
+
+
+def resolve_in_folder(base_dir: str, ref: FileRef) -> str:
+    """Absolute path of ``ref`` inside ``base_dir``; PreviewRequestError if it leaves the folder
+    (``..``, absolute names, symlinks pointing out) or is not a file."""
+    base = os.path.realpath(base_dir)
+    full = os.path.realpath(os.path.join(base, ref.subfolder, ref.filename))
+    if os.path.commonpath([base, full]) != base or full == base:
+        raise PreviewRequestError(
+            f"image {os.path.join(ref.subfolder, ref.filename)!r}: the path leaves ComfyUI's {ref.type} folder")
+    if not os.path.isfile(full):
+        raise PreviewRequestError(
+            f"image {os.path.join(ref.subfolder, ref.filename)!r}: no such file in ComfyUI's {ref.type} folder")
+    return full
+
+
+def parse_preview_request(body) -> PreviewRequest:
+    """Validate the JSON body of POST /fastdrag/preview:
+
+    ``{"image": {"filename", "subfolder", "type"}, "points": "<points JSON>" | {...} | [[x, y], ...],
+    "mask": null | {"filename", "subfolder", "type", "channel": "alpha"|"red"|"green"|"blue"},
+    "holes": true}``
+
+    Point *values* are checked against the image size later (:func:`warp_preview`), once the
+    image is read.
+    """
+    from .points import parse_points
+
+    if not isinstance(body, dict):
+        raise PreviewRequestError("request body: expected a JSON object")
+    image = parse_file_ref(body.get("image"), "image")
+    mask = None
+    channel = "alpha"
+    if body.get("mask") not in (None, "", {}):
+        mask = parse_file_ref(body["mask"], "mask")
+        channel = body["mask"].get("channel", "alpha") if isinstance(body["mask"], dict) else "alpha"
+        if channel not in MASK_CHANNELS:
+            raise PreviewRequestError(f"mask.channel: {channel!r} is not one of {', '.join(MASK_CHANNELS)}")
+    raw = body.get("points")
+    if raw is None:
+        raise PreviewRequestError("points: missing (the points JSON of the FastDragPoints node)")
+    if isinstance(raw, str):
+        if len(raw) > MAX_POINTS_CHARS:
+            raise PreviewRequestError(f"points: longer than {MAX_POINTS_CHARS} characters")
+        try:
+            json.loads(raw)
+        except ValueError as e:
+            raise PreviewRequestError(f"points: not valid JSON ({e})") from None
+    try:
+        points = parse_points(raw)
+    except (ValueError, TypeError, KeyError) as e:
+        raise PreviewRequestError(f"points: {e}") from None
+    holes = body.get("holes", True)
+    if not isinstance(holes, bool):
+        raise PreviewRequestError("holes: must be true or false")
+    return PreviewRequest(image, mask, channel, points, holes)
+
+
+def warp_preview(image: torch.Tensor, points, mask: torch.Tensor | None = None, *, holes: bool = True,
+                 handle_on_cell: str = "paper"):
+    """Warp ``image`` ([H, W, 3] float 0..1, image pixels) by ``points`` (DragPoints) on the latent grid.
+
+    Args:
+        image: [H, W, 3] float tensor in 0..1.
+        points: a ``DragPoints``; rescaled to the image when it was placed on another size.
+        mask: [H, W] editable region (> 0 = editable) or None / all zero = whole image
+            (DragDiffusion's convention, as FastDragPoints).
+        holes: tint the null cells (filled by BNNI) magenta.
+
+    Returns:
+        (preview [H//8, W//8, 3] float 0..1, info dict with ``grid`` [w, h], ``holes`` (null cells),
+        ``mask_cells``, ``drags``).
+
+    Raises:
+        PreviewRequestError: a point outside the image, an image smaller than one latent cell.
+    """
+    from . import bnni_fill, lwf_warp
+    from .points import check_points_in_image, image_mask_to_latent, image_points_to_latent
+
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise PreviewRequestError(f"image: expected [H, W, 3], got {tuple(image.shape)}")
+    H, W = int(image.shape[0]), int(image.shape[1])
+    h, w = H // LATENT_FACTOR, W // LATENT_FACTOR
+    if h < 1 or w < 1:
+        raise PreviewRequestError(f"image: {W}x{H} is smaller than one latent cell (8x8 px)")
+    try:
+        if points.width and points.height and (points.width, points.height) != (W, H):
+            points = points.scaled_to(W, H)
+        check_points_in_image(points, W, H)
+    except ValueError as e:
+        raise PreviewRequestError(f"points: {e}") from None
+
+    x = image.permute(2, 0, 1)[None].float()
+    if (h * LATENT_FACTOR, w * LATENT_FACTOR) != (H, W):  # crop like VAEEncode (centred, to /8)
+        y0, x0 = (H % LATENT_FACTOR) // 2, (W % LATENT_FACTOR) // 2
+        x = x[..., y0:y0 + h * LATENT_FACTOR, x0:x0 + w * LATENT_FACTOR]
+    # +1: pixel values live in 1..2 so no valued cell is exactly 0; the official BNNI order treats
+    # channel 0 == 0 as "no value" (quirk Q4), which black / pure blue pixels would otherwise hit.
+    # The warp moves values and BNNI averages them (weights sum to 1), so the offset comes back out.
+    lat = F.avg_pool2d(x, LATENT_FACTOR) + 1.0  # [1, 3, h, w]
+
+    if mask is not None and bool((mask > 0).any()):
+        if tuple(mask.shape[-2:]) != (H, W):
+            raise PreviewRequestError(f"mask: {mask.shape[-1]}x{mask.shape[-2]} does not match the image {W}x{H}")
+        lat_mask = image_mask_to_latent(mask.reshape(H, W), (h, w)).bool()
+    else:
+        lat_mask = torch.ones(h, w, dtype=torch.bool)
+
+    n = len(points.handles)
+    if n:
+        handles = image_points_to_latent(torch.tensor(points.handles, dtype=torch.float32), (H, W))
+        targets = image_points_to_latent(torch.tensor(points.targets, dtype=torch.float32), (H, W))
+        warped, null = lwf_warp(lat, torch.as_tensor(handles, dtype=torch.float32),
+                                torch.as_tensor(targets, dtype=torch.float32), lat_mask,
+                                fill="zero", handle_on_cell=handle_on_cell)
+        out = bnni_fill(warped, null, order="official")
+        null = null.reshape(-1, h, w)[0]
+    else:
+        out, null = lat, torch.zeros(h, w, dtype=torch.bool)
+    out = (out[0].permute(1, 2, 0) - 1.0).clamp(0, 1)
+    if holes and bool(null.any()):
+        tint = torch.tensor(HOLE_TINT, dtype=out.dtype)
+        out = torch.where(null[..., None], 0.45 * out + 0.55 * tint, out)
+    info = {"grid": [w, h], "holes": int(null.sum()), "mask_cells": int(lat_mask.sum()), "drags": n}
+    return out, info

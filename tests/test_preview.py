@@ -1,0 +1,198 @@
+"""Unit tests of the warp-preview route's pure parts (fastdrag_core/preview.py): request
+validation, the input-folder path check and the warp of a picture. No ComfyUI needed."""
+
+import json
+import os
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from fastdrag_core.preview import (FileRef, PreviewRequestError, parse_file_ref,  # noqa: E402
+                                   parse_preview_request, resolve_in_folder, warp_preview)
+
+pytest.importorskip("fastdrag_core.points", reason="fastdrag_core.points (the lead's core) is not here yet")
+
+
+def pts(*drags, w=64, h=48):
+    return json.dumps({"version": 1, "width": w, "height": h,
+                       "drags": [{"handle": list(a), "target": list(b)} for a, b in drags]})
+
+
+def body(points, **kw):
+    return {"image": {"filename": "a.png", "subfolder": "", "type": "input"}, "points": points, **kw}
+
+
+# ------------------------------------------------------------------------------ request parsing
+
+def test_parse_ok():
+    req = parse_preview_request(body(pts(((10, 20), (30, 25)))))
+    assert req.image == FileRef("a.png", "", "input")
+    assert req.mask is None and req.holes is True
+    assert req.points.handles == ((10.0, 20.0),) and req.points.targets == ((30.0, 25.0),)
+    assert (req.points.width, req.points.height) == (64, 48)
+
+
+def test_parse_mask_and_channel():
+    req = parse_preview_request(body(pts(((1, 2), (3, 4))),
+                                     mask={"filename": "m.png", "subfolder": "clipspace", "type": "input",
+                                           "channel": "red"}))
+    assert req.mask == FileRef("m.png", "clipspace", "input") and req.mask_channel == "red"
+
+
+@pytest.mark.parametrize("bad, words", [
+    ("{not json", "not valid JSON"),
+    ('{"version": 1, "drags": []}', "no drag"),
+    ('{"version": 1, "drags": [{"handle": [1]}]}', "drags[0]"),
+    ('{"version": 2, "drags": [{"handle": [1, 2], "target": [3, 4]}]}', "version"),
+    ("[[1, 2], [3, 4], [5, 6]]", "odd"),
+    ("42", "expected"),
+])
+def test_parse_bad_points(bad, words):
+    with pytest.raises(PreviewRequestError, match="points") as e:
+        parse_preview_request(body(bad))
+    assert words in str(e.value)
+
+
+@pytest.mark.parametrize("b, words", [
+    ([], "JSON object"),
+    ({"points": "[]"}, "image"),
+    ({"image": {"filename": ""}, "points": "[]"}, "filename"),
+    ({"image": {"filename": "a.png", "type": "models"}, "points": "[]"}, "type"),
+    ({"image": {"filename": "a\x00.png"}, "points": "[]"}, "NUL"),
+    ({"image": {"filename": "a.png", "subfolder": 3}, "points": "[]"}, "subfolder"),
+    ({"image": {"filename": "a.png"}}, "points: missing"),
+    ({"image": {"filename": "a.png"}, "points": "[[1,2],[3,4]]", "mask": {"filename": "m.png", "channel": "x"}},
+     "channel"),
+    ({"image": {"filename": "a.png"}, "points": "[[1,2],[3,4]]", "holes": "yes"}, "holes"),
+])
+def test_parse_bad_request(b, words):
+    with pytest.raises(PreviewRequestError) as e:
+        parse_preview_request(b)
+    assert words in str(e.value)
+
+
+def test_file_ref_accepts_plain_name():
+    assert parse_file_ref("x.png", "image") == FileRef("x.png", "", "input")
+
+
+# ------------------------------------------------------------------------------ path safety
+
+@pytest.fixture
+def folders(tmp_path):
+    inp = tmp_path / "input"
+    (inp / "sub").mkdir(parents=True)
+    (inp / "a.png").write_bytes(b"x")
+    (inp / "sub" / "b.png").write_bytes(b"x")
+    (tmp_path / "secret.png").write_bytes(b"x")
+    os.symlink(tmp_path / "secret.png", inp / "link.png")
+    return inp
+
+
+def test_resolve_inside(folders):
+    assert resolve_in_folder(str(folders), FileRef("a.png")) == os.path.realpath(folders / "a.png")
+    assert resolve_in_folder(str(folders), FileRef("b.png", "sub")) == os.path.realpath(folders / "sub" / "b.png")
+
+
+@pytest.mark.parametrize("ref", [
+    FileRef("../secret.png"), FileRef("secret.png", ".."), FileRef("secret.png", "sub/../.."),
+    FileRef(os.path.abspath(__file__)), FileRef("passwd", "/etc"), FileRef("link.png"), FileRef(".", ""),
+])
+def test_resolve_escape(folders, ref):
+    with pytest.raises(PreviewRequestError, match="leaves"):
+        resolve_in_folder(str(folders), ref)
+
+
+def test_resolve_missing(folders):
+    with pytest.raises(PreviewRequestError, match="no such file"):
+        resolve_in_folder(str(folders), FileRef("nope.png"))
+
+
+# ------------------------------------------------------------------------------ the warp
+
+def _points(*drags, w=64, h=48):
+    return parse_preview_request(body(pts(*drags, w=w, h=h))).points
+
+
+def test_noop_drag_is_the_pooled_image():
+    torch.manual_seed(0)
+    img = torch.rand(48, 64, 3)
+    out, info = warp_preview(img, _points(((20, 16), (20, 16))), None)
+    pooled = img.reshape(6, 8, 8, 8, 3).mean(dim=(1, 3))
+    assert out.shape == (6, 8, 3) and info["grid"] == [8, 6] and info["holes"] == 0
+    assert torch.allclose(out, pooled, atol=1e-6)
+
+
+def test_constant_image_stays_constant_and_holes_are_reported():
+    img = torch.full((48, 64, 3), 0.25)
+    out, info = warp_preview(img, _points(((16, 16), (40, 24))), None, holes=False)
+    assert info["holes"] > 0
+    assert torch.allclose(out, torch.full_like(out, 0.25), atol=1e-5)  # BNNI averages; offset cancels
+
+
+def test_black_image_is_not_all_holes():
+    """Official BNNI order reads channel 0 == 0 as "no value": the preview offsets pixels away from 0."""
+    img = torch.zeros(48, 64, 3)
+    out, info = warp_preview(img, _points(((16, 16), (40, 24))), None, holes=False)
+    assert torch.allclose(out, torch.zeros_like(out), atol=1e-5)  # not tinted, not garbage
+
+
+def test_holes_tinted_magenta():
+    img = torch.full((48, 64, 3), 0.5)
+    out, info = warp_preview(img, _points(((16, 16), (40, 24))), None, holes=True)
+    tinted = (out[..., 1] < 0.4).sum().item()
+    assert tinted == info["holes"] > 0
+
+
+def test_mask_limits_the_warp():
+    torch.manual_seed(1)
+    img = torch.rand(48, 64, 3)
+    mask = torch.zeros(48, 64)
+    mask[8:40, 8:40] = 1
+    drag = _points(((16, 16), (24, 20)))
+    out, info = warp_preview(img, drag, mask, holes=False)
+    full, _ = warp_preview(img, drag, None, holes=False)
+    pooled = img.reshape(6, 8, 8, 8, 3).mean(dim=(1, 3))
+    assert info["mask_cells"] < 48
+    assert torch.allclose(out[:, 6:], pooled[:, 6:], atol=1e-6)  # right of the mask: untouched
+    assert not torch.allclose(out, full)
+
+
+def test_empty_mask_means_whole_image():
+    img = torch.rand(48, 64, 3)
+    drag = _points(((16, 16), (24, 20)))
+    a, _ = warp_preview(img, drag, torch.zeros(48, 64))
+    b, _ = warp_preview(img, drag, None)
+    assert torch.equal(a, b)
+
+
+def test_points_rescaled_from_another_size():
+    img = torch.rand(48, 64, 3)
+    a, _ = warp_preview(img, _points(((32, 32), (64, 40)), w=128, h=96), None)
+    b, _ = warp_preview(img, _points(((16, 16), (32, 20))), None)
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("drag", [((70, 10), (20, 20)), ((10, 10), (20, 48)), ((-1, 10), (20, 20))])
+def test_point_outside_image(drag):
+    with pytest.raises(PreviewRequestError, match="outside"):
+        warp_preview(torch.rand(48, 64, 3), _points(drag), None)
+
+
+def test_bad_shapes():
+    with pytest.raises(PreviewRequestError, match="smaller than one latent cell"):
+        warp_preview(torch.rand(4, 64, 3), _points(((1, 1), (2, 2)), w=64, h=4), None)
+    with pytest.raises(PreviewRequestError, match="does not match"):
+        warp_preview(torch.rand(48, 64, 3), _points(((1, 1), (2, 2))), torch.ones(10, 10))
+
+
+def test_size_not_multiple_of_8_is_cropped_like_vaeencode():
+    img = torch.rand(50, 67, 3)
+    out, info = warp_preview(img, _points(((20, 20), (20, 20)), w=67, h=50), None)
+    assert info["grid"] == [8, 6]
+    ref = img[1:49, 1:65].reshape(6, 8, 8, 8, 3).mean(dim=(1, 3))
+    assert torch.allclose(out, ref, atol=1e-6)
