@@ -1,0 +1,17 @@
+"""ComfyUI glue of the FastDrag pack: V3 node classes, one pipeline stage per module.
+
+Everything numerical lives in ``fastdrag_core`` (pure PyTorch, no ``comfy`` import); these modules
+translate ComfyUI types, validate inputs with errors naming the node and the value, and run the
+diffusion loops through ComfyUI's sampler machinery (``nodes/patches.py``).
+"""
+
+from comfy_api.latest import ComfyExtension, io
+
+from .points import FastDragPoints
+
+NODE_LIST: list[type[io.ComfyNode]] = [FastDragPoints]
+
+
+class FastDragExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return list(NODE_LIST)
