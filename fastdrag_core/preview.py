@@ -51,6 +51,11 @@ class PreviewRequest:
     holes: bool
 
 
+def _prefixed(what: str, err: Exception) -> str:
+    msg = str(err)
+    return msg if msg.startswith(what + ":") else f"{what}: {msg}"
+
+
 def parse_file_ref(obj, what: str) -> FileRef:
     """Validate ``{"filename", "subfolder"?, "type"?}``; the path itself is checked by
     :func:`resolve_in_folder` once the folder is known."""
@@ -121,7 +126,7 @@ def parse_preview_request(body) -> PreviewRequest:
     try:
         points = parse_points(raw)
     except (ValueError, TypeError, KeyError) as e:
-        raise PreviewRequestError(f"points: {e}") from None
+        raise PreviewRequestError(_prefixed("points", e)) from None
     holes = body.get("holes", True)
     if not isinstance(holes, bool):
         raise PreviewRequestError("holes: must be true or false")
@@ -160,7 +165,7 @@ def warp_preview(image: torch.Tensor, points, mask: torch.Tensor | None = None, 
             points = points.scaled_to(W, H)
         check_points_in_image(points, W, H)
     except ValueError as e:
-        raise PreviewRequestError(f"points: {e}") from None
+        raise PreviewRequestError(_prefixed("points", e)) from None
 
     x = image.permute(2, 0, 1)[None].float()
     if (h * LATENT_FACTOR, w * LATENT_FACTOR) != (H, W):  # crop like VAEEncode (centred, to /8)

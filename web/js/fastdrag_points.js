@@ -1,0 +1,768 @@
+// FastDrag points editor: a canvas on the FastDragPoints node to place handle -> target drags.
+//
+// State lives only in the node's `points` STRING widget, as
+//   {"version": 1, "width": W, "height": H, "drags": [{"handle": [x, y], "target": [x, y]}, ...]}
+// in image pixels (x right, y down), so it is saved in the workflow, sent in the prompt and
+// restored on load. The canvas widget is never serialised and no image data enters the workflow:
+// the picture is fetched from /view (the LoadImage file upstream, or the image the node sends
+// back in its `ui` message after a run). The warp preview is computed by the pack's Python
+// (POST /fastdrag/preview, fastdrag_core) so there is one implementation of the maths.
+//
+// Controls: click = handle, next click = its target; drag a point to move it; right-click a point
+// (or select it and press Delete) removes its pair; Ctrl+Z / Undo; Clear; Esc cancels a lone handle.
+
+const { app } = window.comfyAPI.app;
+const { api } = window.comfyAPI.api;
+
+const NODE_CLASS = "FastDragPoints";
+const POINTS_WIDGET = "points";
+const EDITOR_WIDGET = "fastdrag_editor";
+const HIT_RADIUS = 9; // css px
+const HANDLE_COLOR = "#e8363a";
+const TARGET_COLOR = "#3a6df0";
+const PREVIEW_DEBOUNCE_MS = 40;
+const MAX_UNDO = 100;
+
+// ---------------------------------------------------------------------------------------------
+// points JSON
+
+/** Parse the widget value. Returns {width, height, drags:[{handle,target}]} or {error}. */
+export function parsePoints(text) {
+  if (text == null || String(text).trim() === "") return { width: null, height: null, drags: [] };
+  let v;
+  try {
+    v = JSON.parse(text);
+  } catch (e) {
+    return { error: `points JSON is not valid: ${e.message}` };
+  }
+  const pt = (p) => Array.isArray(p) && p.length === 2 && p.every((c) => typeof c === "number" && isFinite(c));
+  if (Array.isArray(v)) {  // DragBench flat list: handle, target, handle, target, ...
+    if (v.length % 2 || !v.every(pt)) return { error: "points list must be [[x, y], ...] handle, target pairs" };
+    const drags = [];
+    for (let i = 0; i < v.length; i += 2) drags.push({ handle: [...v[i]], target: [...v[i + 1]] });
+    return { width: null, height: null, drags };
+  }
+  if (!v || typeof v !== "object" || !Array.isArray(v.drags)) return { error: "points JSON needs a \"drags\" list" };
+  if (!v.drags.every((d) => d && pt(d.handle) && pt(d.target))) return { error: "each drag needs handle [x, y] and target [x, y]" };
+  const dim = (n) => (Number.isInteger(n) && n > 0 ? n : null);
+  return {
+    width: dim(v.width), height: dim(v.height),
+    drags: v.drags.map((d) => ({ handle: [...d.handle], target: [...d.target] })),
+  };
+}
+
+export function formatPoints(width, height, drags) {
+  return JSON.stringify({
+    version: 1, width, height,
+    drags: drags.map((d) => ({ handle: d.handle.map(round2), target: d.target.map(round2) })),
+  });
+}
+
+const round2 = (v) => Math.round(v * 100) / 100;
+const clamp = (v, lo, hi) => Math.min(hi, Math.max(lo, v));
+
+/** "sub/name.png [input]" -> {filename, subfolder, type} (LoadImage's annotated names). */
+export function parseAnnotated(value) {
+  const m = /^(.*?)\s*\[(input|output|temp)\]$/.exec(value);
+  const name = m ? m[1] : value;
+  const type = m ? m[2] : "input";
+  const i = name.lastIndexOf("/");
+  return { filename: name.slice(i + 1), subfolder: i >= 0 ? name.slice(0, i) : "", type };
+}
+
+const refKey = (r) => (r ? `${r.type}/${r.subfolder}/${r.filename}` : "");
+// channel=rgb: the picture without its alpha (LoadImage keeps the mask in alpha; painted areas
+// would otherwise show as holes). The mask overlay reads the file with its alpha.
+const viewURL = (r, channel) =>
+  api.apiURL(`/view?filename=${encodeURIComponent(r.filename)}&subfolder=${encodeURIComponent(r.subfolder || "")}` +
+             `&type=${encodeURIComponent(r.type || "input")}` + (channel ? `&channel=${channel}` : ""));
+
+// ---------------------------------------------------------------------------------------------
+// graph helpers
+
+function linkOf(graph, id) {
+  if (id == null || !graph) return null;
+  return graph.getLink?.(id) ?? (graph.links instanceof Map ? graph.links.get(id) : graph.links?.[id]) ?? null;
+}
+
+/** The node and output slot feeding `inputName` of `node`, through legacy Reroute nodes. */
+function upstream(node, inputName) {
+  const graph = node.graph;
+  let input = node.inputs?.find((i) => i.name === inputName);
+  let link = linkOf(graph, input?.link);
+  for (let hops = 0; link && hops < 16; hops++) {
+    const origin = graph.getNodeById(link.origin_id);
+    if (!origin) return null;
+    if (origin.type !== "Reroute") return { node: origin, slot: link.origin_slot };
+    link = linkOf(graph, origin.inputs?.[0]?.link);
+  }
+  return null;
+}
+
+/** A file-picking loader (LoadImage, LoadImageMask, ...): its `image` combo value as a ref. */
+function loaderRef(origin) {
+  const w = origin?.widgets?.find((x) => x.name === "image");
+  if (!w || typeof w.value !== "string" || !w.value || w.type !== "combo") return null;
+  return parseAnnotated(w.value);
+}
+
+// ---------------------------------------------------------------------------------------------
+
+class DragEditor {
+  constructor(node) {
+    this.node = node;
+    this.pointsWidget = node.widgets?.find((w) => w.name === POINTS_WIDGET) ?? null;
+    this.image = null;          // HTMLImageElement
+    this.imageRef = null;       // {filename, subfolder, type}
+    this.mask = null;           // {ref, channel, key, overlay: canvas|null}
+    this.runImageRef = null;    // from the last onExecuted
+    this.runMaskRef = null;
+    this.useRun = false;
+    this.lastGraphKey = null;
+    this.pending = null;        // a handle waiting for its target
+    this.dragging = null;       // {index, end: "handle"|"target"}
+    this.selected = -1;
+    this.undoStack = [];
+    this.preview = { on: false, img: null, url: null, seq: 0, inFlight: false, again: false, timer: 0,
+                     ms: null, serverMs: null, holes: null, grid: null, error: null, count: 0 };
+    this.parsedText = undefined;
+    this.parsed = null;
+    this.message = "";
+    this.buildDom();
+  }
+
+  // -------------------------------------------------------------------------------- DOM
+  buildDom() {
+    const root = document.createElement("div");
+    root.className = "fastdrag-editor";
+    root.tabIndex = 0;
+    root.style.cssText = "display:flex;flex-direction:column;width:100%;height:100%;gap:3px;outline:none;" +
+      "box-sizing:border-box;font:11px sans-serif;color:var(--input-text,#ddd)";
+    const bar = document.createElement("div");
+    bar.style.cssText = "display:flex;align-items:center;gap:4px;flex:0 0 auto;flex-wrap:wrap";
+    const button = (label, title, fn) => {
+      const b = document.createElement("button");
+      b.textContent = label;
+      b.title = title;
+      b.style.cssText = "font:11px sans-serif;padding:1px 6px;cursor:pointer;border-radius:4px;" +
+        "border:1px solid var(--border-color,#555);background:var(--comfy-input-bg,#333);color:inherit";
+      b.addEventListener("click", (e) => { e.stopPropagation(); fn(); });
+      bar.append(b);
+      return b;
+    };
+    this.undoButton = button("Undo", "Undo the last change (Ctrl+Z)", () => this.undo());
+    this.clearButton = button("Clear", "Remove all drags", () => this.clear());
+    const label = document.createElement("label");
+    label.style.cssText = "display:flex;align-items:center;gap:2px;cursor:pointer";
+    this.previewToggle = document.createElement("input");
+    this.previewToggle.type = "checkbox";
+    this.previewToggle.className = "fastdrag-preview-toggle";
+    this.previewToggle.addEventListener("change", () => this.setPreview(this.previewToggle.checked));
+    label.append(this.previewToggle, "Preview warp");
+    label.title = "Show the warp (LWF + relocation + BNNI, on the latent grid) computed by fastdrag_core; " +
+      "magenta cells are the holes BNNI fills";
+    bar.append(label);
+    this.jsonButton = button("JSON", "Show or hide the points JSON widget", () => this.toggleJson());
+    this.status = document.createElement("span");
+    this.status.className = "fastdrag-status";
+    this.status.style.cssText = "opacity:.8;white-space:nowrap;overflow:hidden;text-overflow:ellipsis;flex:1 1 60px";
+    bar.append(this.status);
+    const canvas = document.createElement("canvas");
+    canvas.className = "fastdrag-canvas";
+    canvas.style.cssText = "flex:1 1 auto;min-height:0;width:100%;display:block;border-radius:4px;" +
+      "background:#1b1b1b;touch-action:none;cursor:crosshair";
+    root.append(bar, canvas);
+    this.root = root;
+    this.canvas = canvas;
+
+    const on = (el, type, fn, opts) => el.addEventListener(type, fn, opts);
+    on(canvas, "pointerdown", (e) => this.onPointerDown(e));
+    on(canvas, "pointermove", (e) => this.onPointerMove(e));
+    on(canvas, "pointerup", (e) => this.onPointerUp(e));
+    on(canvas, "pointercancel", (e) => this.onPointerUp(e));
+    on(canvas, "contextmenu", (e) => this.onContextMenu(e));
+    on(root, "keydown", (e) => this.onKeyDown(e));
+    this.resizeObserver = new ResizeObserver(() => this.draw());
+    this.resizeObserver.observe(canvas);
+
+    this.widget = this.node.addDOMWidget(EDITOR_WIDGET, "FASTDRAG_EDITOR", root, {
+      serialize: false,     // not in the prompt
+      hideOnZoom: false,
+      getValue: () => undefined,
+      setValue: () => {},
+      getMinHeight: () => 220,
+    });
+    this.widget.serialize = false;  // not in the workflow's widgets_values
+  }
+
+  toggleJson() {
+    if (!this.pointsWidget) return;
+    this.pointsWidget.hidden = !this.pointsWidget.hidden;
+    this.node.setSize?.([this.node.size[0], Math.max(this.node.size[1], this.node.computeSize?.()[1] ?? 0)]);
+    this.node.setDirtyCanvas?.(true, true);
+  }
+
+  // -------------------------------------------------------------------------------- state
+  get text() { return this.pointsWidget?.value ?? ""; }
+
+  /** Current drags, in the current image's pixels (scaled when placed on another size). */
+  state() {
+    const text = this.text;
+    if (text !== this.parsedText) {
+      this.parsedText = text;
+      this.parsed = parsePoints(text);
+    }
+    const p = this.parsed;
+    if (p.error) return p;
+    const size = this.imageSize();
+    if (size && p.width && p.height && (p.width !== size[0] || p.height !== size[1])) {
+      const sx = size[0] / p.width, sy = size[1] / p.height;
+      const s = ([x, y]) => [x * sx, y * sy];
+      return { ...p, scaled: true, drags: p.drags.map((d) => ({ handle: s(d.handle), target: s(d.target) })) };
+    }
+    return p;
+  }
+
+  imageSize() {
+    return this.image ? [this.image.naturalWidth, this.image.naturalHeight] : null;
+  }
+
+  /** Write drags (current image pixels) into the points widget; `undo` pushes the old value. */
+  write(drags, { undo = true } = {}) {
+    const size = this.imageSize();
+    if (!size || !this.pointsWidget) return;
+    const before = this.text;
+    const after = formatPoints(size[0], size[1], drags);
+    if (after === before) return;
+    if (undo) {
+      this.undoStack.push(before);
+      if (this.undoStack.length > MAX_UNDO) this.undoStack.shift();
+    }
+    this.pointsWidget.value = after;  // the widget's own setter/callback keep the UI in step
+    this.node.graph?.setDirtyCanvas?.(true, true);
+    this.changed();
+  }
+
+  editableDrags() {
+    const s = this.state();
+    if (s.error) return null;
+    return s.drags.map((d) => ({ handle: [...d.handle], target: [...d.target] }));
+  }
+
+  undo() {
+    if (this.pending) { this.pending = null; this.draw(); return; }
+    if (!this.undoStack.length || !this.pointsWidget) return;
+    this.pointsWidget.value = this.undoStack.pop();
+    this.selected = -1;
+    this.changed();
+  }
+
+  clear() {
+    this.pending = null;
+    this.selected = -1;
+    if (!this.imageSize()) {
+      if (this.pointsWidget && this.text.trim()) {
+        this.undoStack.push(this.text);
+        this.pointsWidget.value = formatPoints(null, null, []);
+        this.changed();
+      }
+      return;
+    }
+    this.write([]);
+  }
+
+  removePair(i) {
+    const drags = this.editableDrags();
+    if (!drags || i < 0 || i >= drags.length) return;
+    drags.splice(i, 1);
+    this.selected = -1;
+    this.write(drags);
+  }
+
+  changed() {
+    this.draw();
+    this.schedulePreview();
+  }
+
+  // -------------------------------------------------------------------------------- sources
+  /** Called on every node redraw: follow the graph (LoadImage choice, links) cheaply. */
+  sync() {
+    const up = upstream(this.node, "image");
+    const graphRef = up ? loaderRef(up.node) : null;
+    const key = refKey(graphRef);
+    if (key !== this.lastGraphKey) {
+      this.lastGraphKey = key;
+      this.useRun = false;
+    }
+    const ref = this.useRun && this.runImageRef ? this.runImageRef : graphRef ?? this.runImageRef;
+    if (refKey(ref) !== refKey(this.imageRef)) this.loadImage(ref);
+
+    let mask = null;
+    if (this.useRun && this.runMaskRef) {
+      mask = { ref: this.runMaskRef, channel: "red" };
+    } else {
+      const m = upstream(this.node, "mask");
+      if (m) {
+        const mref = loaderRef(m.node);
+        const channelWidget = m.node.widgets?.find((w) => w.name === "channel");
+        if (mref && channelWidget) mask = { ref: mref, channel: String(channelWidget.value) };
+        else if (mref && m.slot === 1) mask = { ref: mref, channel: "alpha" };  // LoadImage's MASK
+        else if (this.runMaskRef) mask = { ref: this.runMaskRef, channel: "red" };
+      }
+    }
+    const mkey = mask ? `${refKey(mask.ref)}#${mask.channel}` : "";
+    if (mkey !== (this.mask?.key ?? "")) this.loadMask(mask, mkey);
+  }
+
+  loadImage(ref) {
+    this.imageRef = ref;
+    this.image = null;
+    this.clearPreviewImage();
+    if (!ref) { this.draw(); return; }
+    const img = new Image();
+    img.onload = () => {
+      if (this.imageRef !== ref || this.dead) return;
+      this.image = img;
+      this.message = "";
+      this.changed();
+    };
+    img.onerror = () => {
+      if (this.imageRef !== ref || this.dead) return;
+      this.message = `could not load ${ref.filename} (${ref.type})`;
+      this.draw();
+    };
+    img.src = viewURL(ref, "rgb");
+    this.draw();
+  }
+
+  loadMask(mask, key) {
+    this.mask = mask ? { ...mask, key, overlay: null } : null;
+    this.schedulePreview();
+    if (!mask) { this.draw(); return; }
+    const current = this.mask;
+    const img = new Image();
+    img.onload = () => {
+      if (this.mask !== current || this.dead) return;
+      current.overlay = maskOverlay(img, mask.channel);
+      this.draw();
+    };
+    img.onerror = () => {};  // no overlay; the preview route reports real problems
+    img.src = viewURL(mask.ref);
+  }
+
+  onExecuted(message) {
+    const first = (v) => (Array.isArray(v) && v.length && v[0]?.filename ? v[0] : null);
+    const img = first(message?.fastdrag_image) ?? first(message?.images);
+    if (!img) return;
+    this.runImageRef = { filename: img.filename, subfolder: img.subfolder ?? "", type: img.type ?? "temp" };
+    const mask = first(message?.fastdrag_mask);
+    this.runMaskRef = mask ? { filename: mask.filename, subfolder: mask.subfolder ?? "", type: mask.type ?? "temp" } : null;
+    this.useRun = true;
+    this.sync();
+  }
+
+  // -------------------------------------------------------------------------------- preview
+  setPreview(on) {
+    this.preview.on = !!on;
+    if (this.previewToggle.checked !== this.preview.on) this.previewToggle.checked = this.preview.on;
+    if (on) this.requestPreview(); else this.draw();
+  }
+
+  clearPreviewImage() {
+    const p = this.preview;
+    if (p.url) URL.revokeObjectURL(p.url);
+    p.url = null;
+    p.img = null;
+  }
+
+  schedulePreview() {
+    const p = this.preview;
+    if (!p.on) return;
+    clearTimeout(p.timer);
+    p.timer = setTimeout(() => this.requestPreview(), PREVIEW_DEBOUNCE_MS);
+  }
+
+  async requestPreview() {
+    const p = this.preview;
+    if (!p.on || this.dead) return;
+    if (p.inFlight) { p.again = true; return; }
+    const s = this.state();
+    if (!this.imageRef || !this.image || s.error || !s.drags.length) {
+      this.clearPreviewImage();
+      p.error = null;
+      this.draw();
+      return;
+    }
+    const body = {
+      image: this.imageRef,
+      mask: this.mask ? { ...this.mask.ref, channel: this.mask.channel } : null,
+      points: this.text,
+      holes: true,
+    };
+    const seq = ++p.seq;
+    p.inFlight = true;
+    const t0 = performance.now();
+    try {
+      const res = await api.fetchApi("/fastdrag/preview", {
+        method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+      });
+      if (!res.ok) {
+        let msg = `HTTP ${res.status}`;
+        try { msg = (await res.json()).error ?? msg; } catch { /* not JSON */ }
+        p.error = msg;
+        this.clearPreviewImage();
+      } else {
+        const blob = await res.blob();
+        const url = URL.createObjectURL(blob);
+        const img = new Image();
+        await new Promise((ok, bad) => { img.onload = ok; img.onerror = bad; img.src = url; });
+        if (seq === p.seq && p.on && !this.dead) {
+          this.clearPreviewImage();
+          p.img = img;
+          p.url = url;
+          p.error = null;
+          p.ms = performance.now() - t0;
+          p.serverMs = Number(res.headers.get("X-FastDrag-Ms"));
+          p.holes = Number(res.headers.get("X-FastDrag-Holes"));
+          p.grid = res.headers.get("X-FastDrag-Grid");
+          p.count += 1;
+        } else {
+          URL.revokeObjectURL(url);
+        }
+      }
+    } catch (e) {
+      p.error = `preview request failed: ${e?.message ?? e}`;
+    } finally {
+      p.inFlight = false;
+    }
+    this.draw();
+    if (p.again) { p.again = false; this.requestPreview(); }
+  }
+
+  // -------------------------------------------------------------------------------- geometry
+  layout() {
+    const cw = this.canvas.clientWidth, ch = this.canvas.clientHeight;
+    const size = this.imageSize();
+    if (!size || cw < 2 || ch < 2) return null;
+    const [W, H] = size;
+    const s = Math.min(cw / W, ch / H);
+    return { W, H, s, ox: (cw - W * s) / 2, oy: (ch - H * s) / 2, cw, ch };
+  }
+
+  toCanvas([x, y], L) { return [L.ox + x * L.s, L.oy + y * L.s]; }
+
+  /** Image pixel (integer, clamped) under a pointer event; null off the image. */
+  eventToImage(e, L, { clampToImage = false } = {}) {
+    const r = this.canvas.getBoundingClientRect();
+    // getBoundingClientRect includes the canvas-wide CSS transform (graph zoom); clientWidth doesn't.
+    const k = r.width / (this.canvas.clientWidth || 1);
+    const cx = (e.clientX - r.left) / k, cy = (e.clientY - r.top) / k;
+    const x = (cx - L.ox) / L.s, y = (cy - L.oy) / L.s;
+    const inside = x >= -0.5 && y >= -0.5 && x <= L.W - 0.5 && y <= L.H - 0.5;
+    if (!inside && !clampToImage) return null;
+    return [clamp(Math.round(x), 0, L.W - 1), clamp(Math.round(y), 0, L.H - 1)];
+  }
+
+  /** For tests and tools: client (viewport) coordinates of an image pixel. */
+  imageToClient(x, y) {
+    const L = this.layout();
+    if (!L) return null;
+    const r = this.canvas.getBoundingClientRect();
+    const k = r.width / (this.canvas.clientWidth || 1);
+    const [cx, cy] = this.toCanvas([x, y], L);
+    return { x: r.left + cx * k, y: r.top + cy * k };
+  }
+
+  hit(e, L) {
+    const s = this.state();
+    if (s.error) return null;
+    const r = this.canvas.getBoundingClientRect();
+    const k = r.width / (this.canvas.clientWidth || 1);
+    const cx = (e.clientX - r.left) / k, cy = (e.clientY - r.top) / k;
+    let best = null, bestD = HIT_RADIUS;
+    s.drags.forEach((d, index) => {
+      for (const end of ["target", "handle"]) {  // targets drawn on top: prefer them
+        const [px, py] = this.toCanvas(d[end], L);
+        const dist = Math.hypot(px - cx, py - cy);
+        if (dist < bestD) { bestD = dist; best = { index, end }; }
+      }
+    });
+    return best;
+  }
+
+  // -------------------------------------------------------------------------------- input
+  onPointerDown(e) {
+    e.stopPropagation();
+    this.root.focus({ preventScroll: true });
+    if (e.button !== 0) return;
+    e.preventDefault();
+    const L = this.layout();
+    if (!L) return;
+    const h = this.hit(e, L);
+    if (h) {
+      const drags = this.editableDrags();
+      this.undoStack.push(this.text);
+      this.dragging = { ...h, drags, moved: false };
+      this.selected = h.index;
+      this.canvas.setPointerCapture?.(e.pointerId);
+      this.draw();
+      return;
+    }
+    const p = this.eventToImage(e, L);
+    if (!p) return;
+    if (this.pending) {
+      const drags = this.editableDrags();
+      if (!drags) { this.message = "fix or clear the points JSON first"; this.draw(); return; }
+      drags.push({ handle: this.pending, target: p });
+      this.pending = null;
+      this.selected = drags.length - 1;
+      this.write(drags);
+    } else {
+      if (this.state().error) { this.message = "fix or clear the points JSON first"; this.draw(); return; }
+      this.pending = p;
+      this.draw();
+    }
+  }
+
+  onPointerMove(e) {
+    const L = this.layout();
+    if (!L) return;
+    if (!this.dragging) {
+      this.canvas.style.cursor = this.hit(e, L) ? "move" : "crosshair";
+      return;
+    }
+    e.stopPropagation();
+    const p = this.eventToImage(e, L, { clampToImage: true });
+    const d = this.dragging;
+    d.drags[d.index][d.end] = p;
+    d.moved = true;
+    this.write(d.drags, { undo: false });
+  }
+
+  onPointerUp(e) {
+    const d = this.dragging;
+    if (!d) return;
+    e.stopPropagation();
+    this.dragging = null;
+    this.canvas.releasePointerCapture?.(e.pointerId);
+    if (!d.moved) this.undoStack.pop();  // a click on a point only selects it
+    this.draw();
+  }
+
+  onContextMenu(e) {
+    e.preventDefault();
+    e.stopPropagation();
+    const L = this.layout();
+    if (!L) return;
+    const h = this.hit(e, L);
+    if (h) this.removePair(h.index);
+    else if (this.pending) { this.pending = null; this.draw(); }
+  }
+
+  onKeyDown(e) {
+    const key = e.key;
+    if ((e.ctrlKey || e.metaKey) && key.toLowerCase() === "z") {
+      this.undo();
+    } else if (key === "Delete" || key === "Backspace") {
+      const s = this.state();
+      if (this.pending) { this.pending = null; this.draw(); }
+      else if (!s.error && s.drags.length) this.removePair(this.selected >= 0 ? this.selected : s.drags.length - 1);
+    } else if (key === "Escape") {
+      this.pending = null;
+      this.selected = -1;
+      this.draw();
+    } else {
+      return;
+    }
+    e.preventDefault();
+    e.stopPropagation();  // keep ComfyUI's Delete (remove node) and Ctrl+Z (graph undo) out of it
+  }
+
+  // -------------------------------------------------------------------------------- drawing
+  draw() {
+    if (this.dead) return;
+    const c = this.canvas;
+    const dpr = window.devicePixelRatio || 1;
+    const cw = c.clientWidth, ch = c.clientHeight;
+    if (c.width !== Math.round(cw * dpr) || c.height !== Math.round(ch * dpr)) {
+      c.width = Math.round(cw * dpr);
+      c.height = Math.round(ch * dpr);
+    }
+    const ctx = c.getContext("2d");
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    ctx.clearRect(0, 0, cw, ch);
+    const s = this.state();
+    const L = this.layout();
+    const p = this.preview;
+    if (!L) {
+      ctx.fillStyle = "#999";
+      ctx.font = "12px sans-serif";
+      ctx.textAlign = "center";
+      const msg = this.message || (this.imageRef ? "loading image…" :
+        "Connect a LoadImage to 'image', or run the graph once, to place drags");
+      ctx.fillText(msg, cw / 2, ch / 2, cw - 10);
+      this.setStatus(s.error ?? "");
+      return;
+    }
+    const showPreview = p.on && p.img && !s.error && s.drags.length;
+    ctx.imageSmoothingEnabled = !showPreview;  // preview cells stay visible as cells
+    ctx.drawImage(showPreview ? p.img : this.image, L.ox, L.oy, L.W * L.s, L.H * L.s);
+    ctx.imageSmoothingEnabled = true;
+    if (!showPreview && this.mask?.overlay) {
+      ctx.globalAlpha = 0.35;
+      ctx.drawImage(this.mask.overlay, L.ox, L.oy, L.W * L.s, L.H * L.s);
+      ctx.globalAlpha = 1;
+    }
+    if (!s.error) {
+      s.drags.forEach((d, i) => this.drawArrow(ctx, this.toCanvas(d.handle, L), this.toCanvas(d.target, L), i + 1,
+                                               i === this.selected));
+    }
+    if (this.pending) {
+      const [x, y] = this.toCanvas(this.pending, L);
+      dot(ctx, x, y, 5, HANDLE_COLOR);
+      ctx.setLineDash([3, 3]);
+      ctx.strokeStyle = HANDLE_COLOR;
+      ctx.beginPath(); ctx.arc(x, y, 10, 0, 2 * Math.PI); ctx.stroke();
+      ctx.setLineDash([]);
+    }
+    this.setStatus(this.statusText(s, L));
+  }
+
+  drawArrow(ctx, [hx, hy], [tx, ty], n, selected) {
+    const ang = Math.atan2(ty - hy, tx - hx);
+    const len = Math.hypot(tx - hx, ty - hy);
+    ctx.lineCap = "round";
+    for (const [color, width] of [["rgba(0,0,0,.6)", 5], ["#fff", 2.5]]) {
+      ctx.strokeStyle = color;
+      ctx.lineWidth = width;
+      ctx.beginPath();
+      ctx.moveTo(hx, hy);
+      ctx.lineTo(tx, ty);
+      if (len > 8) {
+        ctx.moveTo(tx, ty);
+        ctx.lineTo(tx - 11 * Math.cos(ang - 0.45), ty - 11 * Math.sin(ang - 0.45));
+        ctx.moveTo(tx, ty);
+        ctx.lineTo(tx - 11 * Math.cos(ang + 0.45), ty - 11 * Math.sin(ang + 0.45));
+      }
+      ctx.stroke();
+    }
+    dot(ctx, hx, hy, selected ? 6.5 : 5, HANDLE_COLOR);
+    dot(ctx, tx, ty, selected ? 6.5 : 5, TARGET_COLOR);
+    ctx.font = "bold 12px sans-serif";
+    ctx.textAlign = "left";
+    ctx.lineWidth = 3;
+    ctx.strokeStyle = "rgba(0,0,0,.8)";
+    ctx.strokeText(String(n), hx + 7, hy - 7);
+    ctx.fillStyle = "#fff";
+    ctx.fillText(String(n), hx + 7, hy - 7);
+  }
+
+  statusText(s, L) {
+    if (s.error) return s.error + " (Clear to start over)";
+    if (this.message) return this.message;
+    const parts = [`${L.W}×${L.H}`, `${s.drags.length} drag${s.drags.length === 1 ? "" : "s"}`];
+    if (s.scaled) parts.push("points rescaled from " + `${this.parsed.width}×${this.parsed.height}`);
+    const p = this.preview;
+    if (p.on) {
+      if (p.error) parts.push(`preview: ${p.error}`);
+      else if (p.img && s.drags.length) parts.push(`preview ${Math.round(p.ms)} ms, ${p.holes} hole cells`);
+      else if (!s.drags.length) parts.push("preview: no drags yet");
+    }
+    if (this.pending) parts.push("click the target");
+    else if (!s.drags.length) parts.push("click: handle, then target");
+    return parts.join(" · ");
+  }
+
+  setStatus(text) {
+    if (this.status.textContent !== text) {
+      this.status.textContent = text;
+      this.status.title = text;
+    }
+  }
+
+  destroy() {
+    this.dead = true;
+    this.resizeObserver?.disconnect();
+    clearTimeout(this.preview.timer);
+    this.clearPreviewImage();
+  }
+}
+
+function dot(ctx, x, y, r, color) {
+  ctx.beginPath();
+  ctx.arc(x, y, r, 0, 2 * Math.PI);
+  ctx.fillStyle = color;
+  ctx.fill();
+  ctx.lineWidth = 1.5;
+  ctx.strokeStyle = "#fff";
+  ctx.stroke();
+}
+
+/** A canvas (image size) tinting the editable region; null for an empty mask (= whole image). */
+function maskOverlay(img, channel) {
+  const w = img.naturalWidth, h = img.naturalHeight;
+  const c = document.createElement("canvas");
+  c.width = w;
+  c.height = h;
+  const ctx = c.getContext("2d", { willReadFrequently: true });
+  ctx.drawImage(img, 0, 0);
+  const data = ctx.getImageData(0, 0, w, h);
+  const px = data.data;
+  const ch = { red: 0, green: 1, blue: 2, alpha: 3 }[channel] ?? 3;
+  let any = false;
+  for (let i = 0; i < px.length; i += 4) {
+    const v = ch === 3 ? 255 - px[i + 3] : px[i + ch];
+    const on = v > 0;
+    any ||= on;
+    px[i] = 40; px[i + 1] = 220; px[i + 2] = 120; px[i + 3] = on ? 255 : 0;
+  }
+  if (!any) return null;
+  ctx.putImageData(data, 0, 0);
+  return c;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+app.registerExtension({
+  name: "fastdrag.points_editor",
+  async beforeRegisterNodeDef(nodeType, nodeData) {
+    if (nodeData?.name !== NODE_CLASS) return;
+    const proto = nodeType.prototype;
+    const chain = (name, fn) => {
+      const prev = proto[name];
+      proto[name] = function (...args) {
+        const r = prev?.apply(this, args);
+        fn.apply(this, args);
+        return r;
+      };
+    };
+    chain("onNodeCreated", function () {
+      const editor = new DragEditor(this);
+      this.fastdragEditor = editor;
+      if (editor.pointsWidget) editor.pointsWidget.hidden = true;  // edited through the canvas
+      const [w, h] = this.size;
+      this.setSize([Math.max(w, 360), Math.max(h, 400)]);
+    });
+    chain("onExecuted", function (message) {
+      this.fastdragEditor?.onExecuted(message);
+    });
+    chain("onConfigure", function () {
+      // a loaded workflow: widget values are restored; redraw from them
+      const ed = this.fastdragEditor;
+      if (ed) { ed.undoStack.length = 0; ed.pending = null; ed.changed(); }
+    });
+    chain("onDrawForeground", function () {
+      this.fastdragEditor?.sync();
+    });
+    chain("onConnectionsChange", function () {
+      this.fastdragEditor?.sync();
+    });
+    chain("onResize", function () {
+      this.fastdragEditor?.draw();
+    });
+    chain("onRemoved", function () {
+      this.fastdragEditor?.destroy();
+      this.fastdragEditor = null;
+    });
+  },
+});
