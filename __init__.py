@@ -11,7 +11,8 @@ WEB_DIRECTORY = "./web"
 # --- HTTP routes -------------------------------------------------------------------------------
 # Route modules register themselves on import (PromptServer.instance.routes); add them here.
 # (nodes/preview_route.py belongs to the web front end.)
-from .nodes import preview_route  # noqa: E402,F401  POST /fastdrag/preview (points editor's warp preview)
+if __package__:  # ComfyUI imports this file as a package; pytest's collection may import it bare
+    from .nodes import preview_route  # noqa: E402,F401  POST /fastdrag/preview (points editor's warp preview)
 # -----------------------------------------------------------------------------------------------
 
 
