@@ -133,6 +133,24 @@ async def find_node(cdp):
                         " window.__fd = n; return !!(n && n.fastdragEditor && n.fastdragEditor.image); })()")
 
 
+async def shoot(cdp, args, name, node=False):
+    """Save a screenshot of the page, or of the FastDragPoints node only."""
+    await cdp.js("app.canvas.setDirty(true, true); true")
+    await asyncio.sleep(0.15)
+    params = {"format": "png"}
+    if node:
+        box = await cdp.js("(() => { const n = window.__fd, c = app.canvas, ds = c.ds;"
+                           " const r = c.canvas.getBoundingClientRect(); const t = LiteGraph.NODE_TITLE_HEIGHT;"
+                           " const [x, y] = ds.convertOffsetToCanvas([n.pos[0], n.pos[1] - t]);"
+                           " return [r.left + x, r.top + y, n.size[0] * ds.scale, (n.size[1] + t) * ds.scale]; })()")
+        pad = 10
+        params["clip"] = {"x": max(0, box[0] - pad), "y": max(0, box[1] - pad), "width": box[2] + 2 * pad,
+                          "height": box[3] + 2 * pad, "scale": 1}
+    shot = await cdp.call("Page.captureScreenshot", **params)
+    with open(os.path.join(args.out_dir, name), "wb") as f:
+        f.write(base64.b64decode(shot["data"]))
+
+
 async def scenario(cdp, args, R):
     http_base = args.url
     await cdp.call("Page.navigate", url=args.url)
@@ -239,6 +257,9 @@ async def scenario(cdp, args, R):
         R["editor_shows_run_image"] = await cdp.js(f"{ED}.imageRef")
     except TimeoutError:
         R["editor_shows_run_image"] = None
+    await asyncio.sleep(0.5)
+    await shoot(cdp, args, "editor_after_run.png")
+    R["node_size_after_run"] = await cdp.js("window.__fd.size")
 
     # ---- reload the saved workflow: the points come back and are drawn
     await cdp.js("Promise.resolve(app.loadGraphData()).then(() => true)")  # default graph in between
@@ -251,6 +272,9 @@ async def scenario(cdp, args, R):
     await asyncio.sleep(0.3)
     R["points_after_reload"] = await cdp.js(POINTS)
     R["drags_drawn_after_reload"] = await cdp.js(f"{ED}.state().drags.length")
+
+    await asyncio.sleep(0.3)
+    await shoot(cdp, args, "editor_node.png", node=True)
 
     # ---- warp preview: toggle it on with a click, an image arrives; a drag updates it
     tg = await cdp.js(f"(() => {{ const r = {ED}.previewToggle.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; }})()")
@@ -272,21 +296,10 @@ async def scenario(cdp, args, R):
     await cdp.js("app.canvas.setDirty(true, true); true")
     await asyncio.sleep(0.3)
 
-    # ---- screenshots: the page, and the node (for the README)
-    shot = await cdp.call("Page.captureScreenshot", format="png")
-    with open(os.path.join(args.out_dir, "editor_browser.png"), "wb") as f:
-        f.write(base64.b64decode(shot["data"]))
-    box = await cdp.js("(() => { const n = window.__fd, c = app.canvas, ds = c.ds;"
-                       " const r = c.canvas.getBoundingClientRect();"
-                       " const [x, y] = ds.convertOffsetToCanvas([n.pos[0], n.pos[1] - LiteGraph.NODE_TITLE_HEIGHT]);"
-                       " return [r.left + x, r.top + y, n.size[0] * ds.scale, (n.size[1] + LiteGraph.NODE_TITLE_HEIGHT) * ds.scale]; })()")
-    pad = 12
-    clip = {"x": max(0, box[0] - pad), "y": max(0, box[1] - pad), "width": box[2] + 2 * pad,
-            "height": box[3] + 2 * pad, "scale": 1}
-    shot = await cdp.call("Page.captureScreenshot", format="png", clip=clip)
-    with open(os.path.join(args.out_dir, "editor_node.png"), "wb") as f:
-        f.write(base64.b64decode(shot["data"]))
-    R["screenshots"] = ["editor_browser.png", "editor_node.png"]
+    # ---- screenshots: the page, and the node with the preview on (the one without is taken above)
+    await shoot(cdp, args, "editor_browser.png")
+    await shoot(cdp, args, "editor_node_preview.png", node=True)
+    R["screenshots"] = sorted(f for f in os.listdir(args.out_dir) if f.endswith(".png"))
 
     # ---- removal cleans up
     await cdp.js(f"window.__fdEd = {ED}; app.graph.remove(window.__fd); true")
