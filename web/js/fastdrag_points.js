@@ -609,7 +609,7 @@ class DragEditor {
     ctx.drawImage(showPreview ? p.img : this.image, L.ox, L.oy, L.W * L.s, L.H * L.s);
     ctx.imageSmoothingEnabled = true;
     if (!showPreview && this.mask?.overlay) {
-      ctx.globalAlpha = 0.35;
+      ctx.globalAlpha = 0.5;
       ctx.drawImage(this.mask.overlay, L.ox, L.oy, L.W * L.s, L.H * L.s);
       ctx.globalAlpha = 1;
     }
@@ -698,7 +698,8 @@ function dot(ctx, x, y, r, color) {
   ctx.stroke();
 }
 
-/** A canvas (image size) tinting the editable region; null for an empty mask (= whole image). */
+/** A canvas (image size), opaque outside the editable region (drawn translucent: the region that
+ *  stays as it is looks dimmed); null for an empty mask (= whole image editable). */
 function maskOverlay(img, channel) {
   const w = img.naturalWidth, h = img.naturalHeight;
   const c = document.createElement("canvas");
@@ -714,7 +715,7 @@ function maskOverlay(img, channel) {
     const v = ch === 3 ? 255 - px[i + 3] : px[i + ch];
     const on = v > 0;
     any ||= on;
-    px[i] = 40; px[i + 1] = 220; px[i + 2] = 120; px[i + 3] = on ? 255 : 0;
+    px[i] = 0; px[i + 1] = 0; px[i + 2] = 0; px[i + 3] = on ? 0 : 255;
   }
   if (!any) return null;
   ctx.putImageData(data, 0, 0);
