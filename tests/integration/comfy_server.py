@@ -75,14 +75,16 @@ def tiny_checkpoint(root: str, py: str) -> str:
     return path
 
 
-def test_png(w: int = 128, h: int = 128) -> bytes:
-    """A deterministic RGB pattern (gradient, square, disc) as PNG bytes (stdlib only)."""
+def pattern_png(w: int = 128, h: int = 128, variant: int = 0) -> bytes:
+    """A deterministic RGB pattern (gradient, square, disc) as PNG bytes (stdlib only); ``variant``
+    moves the square, for a different image with the same statistics."""
     rows = []
+    d = variant * max(1, w // 64)
     for y in range(h):
         row = bytearray([0])
         for x in range(w):
             r, g, b = x * 255 // (w - 1), y * 255 // (h - 1), 96
-            if w // 4 <= x < w // 2 and h // 4 <= y < h // 2:
+            if w // 4 + d <= x < w // 2 + d and h // 4 <= y < h // 2:
                 r, g, b = 240, 240, 32
             if (x - 3 * w // 4) ** 2 + (y - 3 * h // 4) ** 2 < (w // 8) ** 2:
                 r, g, b = 32, 64, 230
@@ -132,7 +134,7 @@ class ComfyServer:
         if test_pack:
             os.symlink(TESTPACK, os.path.join(self.base, "custom_nodes", "fastdrag_testpack"))
         with open(os.path.join(self.base, "input", "fastdrag_test.png"), "wb") as f:
-            f.write(test_png())
+            f.write(pattern_png())
         args = [self.py, "main.py", "--listen", "127.0.0.1", "--port", str(self.port), "--base-directory", self.base,
                 "--database-url", f"sqlite:///{self.base}/user/comfyui.db", "--disable-auto-launch",
                 "--preview-method", "none"]
@@ -187,6 +189,10 @@ class ComfyServer:
                 return r.status, r.read()
         except urllib.error.HTTPError as e:
             return e.code, e.read()
+
+    def write_input(self, name: str, data: bytes):
+        with open(os.path.join(self.base, "input", name), "wb") as f:
+            f.write(data)
 
     def get(self, path, timeout=30):
         status, body = self._http("GET", path, timeout=timeout)
