@@ -7,9 +7,15 @@ diffusion loops through ComfyUI's sampler machinery (``nodes/patches.py``).
 
 from comfy_api.latest import ComfyExtension, io
 
+from .edit import FastDragEdit
+from .invert import FastDragInvert
 from .points import FastDragPoints
+from .sample import FastDragSample
+from .warp import FastDragBNNI, FastDragWarp
 
-NODE_LIST: list[type[io.ComfyNode]] = [FastDragPoints]
+NODE_LIST: list[type[io.ComfyNode]] = [
+    FastDragPoints, FastDragInvert, FastDragWarp, FastDragBNNI, FastDragSample, FastDragEdit,
+]
 
 
 class FastDragExtension(ComfyExtension):

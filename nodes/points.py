@@ -34,7 +34,7 @@ def to_drag_spec(image: torch.Tensor, points: str, mask: torch.Tensor | None,
     try:
         parsed = fd_points.parse_points(points)
     except ValueError as e:
-        raise ValueError(f"{node}: points {_clip(points)!r}: {e}") from None
+        raise ValueError(f"{node}: {e} (points = {_clip(points)!r})") from None
     if parsed.width and parsed.height and (parsed.width, parsed.height) != (width, height):
         log.info("[FastDrag] %s: points were placed on %dx%d, rescaling to the %dx%d image",
                  node, parsed.width, parsed.height, width, height)

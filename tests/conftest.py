@@ -15,4 +15,5 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 # Never collect ComfyUI glue or the node pack's entry point, even when pytest is pointed at the root.
-collect_ignore_glob = [os.path.join(ROOT, "__init__.py"), os.path.join(ROOT, "nodes", "*")]
+collect_ignore_glob = [os.path.join(ROOT, "__init__.py"), os.path.join(ROOT, "nodes", "*"),
+                       os.path.join(ROOT, "tests", "integration", "fastdrag_testpack", "*")]
