@@ -211,12 +211,15 @@ async def scenario(cdp, args, R):
     R["drags_after_delete"] = len((await cdp.js(POINTS))["drags"])
     R["node_still_there"] = await cdp.js("app.graph.nodes.includes(window.__fd)")
 
-    # ---- resize the node, then drag the target to a new spot
+    # ---- resize the node and zoom the graph out, then drag the target to a new spot
     await cdp.js("window.__fd.setSize([window.__fd.size[0] + 160, window.__fd.size[1] + 120]);"
-                 " app.canvas.setDirty(true, true); true")
+                 " app.canvas.ds.changeScale(0.8, [0, 0]); app.canvas.setDirty(true, true); true")
     await asyncio.sleep(0.6)
     R["canvas_css_size"] = await cdp.js(f"[{ED}.canvas.clientWidth, {ED}.canvas.clientHeight]")
+    R["zoomed_canvas_rect"] = await cdp.js(f"(() => {{ const r = {ED}.canvas.getBoundingClientRect(); return [r.width, r.height]; }})()")
     await cdp.drag(await pixel(cdp, *TARGET), await pixel(cdp, *MOVED_TARGET))
+    await cdp.js("app.canvas.ds.changeScale(1, [0, 0]); app.canvas.setDirty(true, true); true")
+    await asyncio.sleep(0.3)
     await asyncio.sleep(0.1)
     R["points_after_drag"] = await cdp.js(POINTS)
 
