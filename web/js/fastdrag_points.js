@@ -724,7 +724,15 @@ function maskOverlay(img, channel) {
 
 // ---------------------------------------------------------------------------------------------
 
-app.registerExtension({
+// ComfyUI serves the web folder twice when the pack's folder name differs from the pyproject
+// name (WEB_DIRECTORY under the folder name, [tool.comfy] web under the project name): register once.
+const LOADED = Symbol.for("fastdrag.points_editor.loaded");
+if (!window[LOADED]) {
+  window[LOADED] = true;
+  app.registerExtension(extension());
+}
+
+function extension() { return {
   name: "fastdrag.points_editor",
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (nodeData?.name !== NODE_CLASS) return;
@@ -766,4 +774,4 @@ app.registerExtension({
       this.fastdragEditor = null;
     });
   },
-});
+}; }
