@@ -11,6 +11,9 @@
 // Controls: click = handle, next click = its target; drag a point to move it; right-click a point
 // (or select it and press Delete) removes its pair; Ctrl+Z / Undo; Clear; Esc cancels a lone handle.
 
+import { canvasToImage, fitLayout, formatPoints, imageToCanvas, parseAnnotated, parsePoints, scaleDrags }
+  from "./fastdrag_points_model.js";
+
 const { app } = window.comfyAPI.app;
 const { api } = window.comfyAPI.api;
 
@@ -22,53 +25,6 @@ const HANDLE_COLOR = "#e8363a";
 const TARGET_COLOR = "#3a6df0";
 const PREVIEW_DEBOUNCE_MS = 40;
 const MAX_UNDO = 100;
-
-// ---------------------------------------------------------------------------------------------
-// points JSON
-
-/** Parse the widget value. Returns {width, height, drags:[{handle,target}]} or {error}. */
-export function parsePoints(text) {
-  if (text == null || String(text).trim() === "") return { width: null, height: null, drags: [] };
-  let v;
-  try {
-    v = JSON.parse(text);
-  } catch (e) {
-    return { error: `points JSON is not valid: ${e.message}` };
-  }
-  const pt = (p) => Array.isArray(p) && p.length === 2 && p.every((c) => typeof c === "number" && isFinite(c));
-  if (Array.isArray(v)) {  // DragBench flat list: handle, target, handle, target, ...
-    if (v.length % 2 || !v.every(pt)) return { error: "points list must be [[x, y], ...] handle, target pairs" };
-    const drags = [];
-    for (let i = 0; i < v.length; i += 2) drags.push({ handle: [...v[i]], target: [...v[i + 1]] });
-    return { width: null, height: null, drags };
-  }
-  if (!v || typeof v !== "object" || !Array.isArray(v.drags)) return { error: "points JSON needs a \"drags\" list" };
-  if (!v.drags.every((d) => d && pt(d.handle) && pt(d.target))) return { error: "each drag needs handle [x, y] and target [x, y]" };
-  const dim = (n) => (Number.isInteger(n) && n > 0 ? n : null);
-  return {
-    width: dim(v.width), height: dim(v.height),
-    drags: v.drags.map((d) => ({ handle: [...d.handle], target: [...d.target] })),
-  };
-}
-
-export function formatPoints(width, height, drags) {
-  return JSON.stringify({
-    version: 1, width, height,
-    drags: drags.map((d) => ({ handle: d.handle.map(round2), target: d.target.map(round2) })),
-  });
-}
-
-const round2 = (v) => Math.round(v * 100) / 100;
-const clamp = (v, lo, hi) => Math.min(hi, Math.max(lo, v));
-
-/** "sub/name.png [input]" -> {filename, subfolder, type} (LoadImage's annotated names). */
-export function parseAnnotated(value) {
-  const m = /^(.*?)\s*\[(input|output|temp)\]$/.exec(value);
-  const name = m ? m[1] : value;
-  const type = m ? m[2] : "input";
-  const i = name.lastIndexOf("/");
-  return { filename: name.slice(i + 1), subfolder: i >= 0 ? name.slice(0, i) : "", type };
-}
 
 const refKey = (r) => (r ? `${r.type}/${r.subfolder}/${r.filename}` : "");
 // channel=rgb: the picture without its alpha (LoadImage keeps the mask in alpha; painted areas
@@ -216,9 +172,7 @@ class DragEditor {
     if (p.error) return p;
     const size = this.imageSize();
     if (size && p.width && p.height && (p.width !== size[0] || p.height !== size[1])) {
-      const sx = size[0] / p.width, sy = size[1] / p.height;
-      const s = ([x, y]) => [x * sx, y * sy];
-      return { ...p, scaled: true, drags: p.drags.map((d) => ({ handle: s(d.handle), target: s(d.target) })) };
+      return { ...p, scaled: true, drags: scaleDrags(p.drags, p.width, p.height, size[0], size[1]) };
     }
     return p;
   }
@@ -444,12 +398,10 @@ class DragEditor {
     const cw = this.canvas.clientWidth, ch = this.canvas.clientHeight;
     const size = this.imageSize();
     if (!size || cw < 2 || ch < 2) return null;
-    const [W, H] = size;
-    const s = Math.min(cw / W, ch / H);
-    return { W, H, s, ox: (cw - W * s) / 2, oy: (ch - H * s) / 2, cw, ch };
+    return fitLayout(cw, ch, size[0], size[1]);
   }
 
-  toCanvas([x, y], L) { return [L.ox + x * L.s, L.oy + y * L.s]; }
+  toCanvas(p, L) { return imageToCanvas(p, L); }
 
   /** Image pixel (integer, clamped) under a pointer event; null off the image. */
   eventToImage(e, L, { clampToImage = false } = {}) {
@@ -457,10 +409,7 @@ class DragEditor {
     // getBoundingClientRect includes the canvas-wide CSS transform (graph zoom); clientWidth doesn't.
     const k = r.width / (this.canvas.clientWidth || 1);
     const cx = (e.clientX - r.left) / k, cy = (e.clientY - r.top) / k;
-    const x = (cx - L.ox) / L.s, y = (cy - L.oy) / L.s;
-    const inside = x >= -0.5 && y >= -0.5 && x <= L.W - 0.5 && y <= L.H - 0.5;
-    if (!inside && !clampToImage) return null;
-    return [clamp(Math.round(x), 0, L.W - 1), clamp(Math.round(y), 0, L.H - 1)];
+    return canvasToImage([cx, cy], L, { clampToImage });
   }
 
   /** For tests and tools: client (viewport) coordinates of an image pixel. */
