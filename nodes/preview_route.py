@@ -13,9 +13,11 @@ The file reading and PNG encoding live here; validation and maths are in
 """
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import os
+import threading
 import time
 from collections import OrderedDict
 
@@ -35,6 +37,7 @@ ROUTE = "/fastdrag/preview"
 MAX_BODY = 1 << 20
 _CACHE: OrderedDict = OrderedDict()  # (path, mtime_ns, size, what) -> tensor; a few decoded files
 _CACHE_SIZE = 6
+_CACHE_LOCK = threading.Lock()
 
 
 def _folder(ftype: str) -> str:
@@ -47,13 +50,15 @@ def _folder(ftype: str) -> str:
 def _cached(path: str, what: str, load):
     st = os.stat(path)
     key = (path, st.st_mtime_ns, st.st_size, what)
-    if key in _CACHE:
-        _CACHE.move_to_end(key)
-        return _CACHE[key]
+    with _CACHE_LOCK:
+        if key in _CACHE:
+            _CACHE.move_to_end(key)
+            return _CACHE[key]
     value = load(path)
-    _CACHE[key] = value
-    while len(_CACHE) > _CACHE_SIZE:
-        _CACHE.popitem(last=False)
+    with _CACHE_LOCK:
+        _CACHE[key] = value
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
     return value
 
 
@@ -124,8 +129,8 @@ async def fastdrag_preview(request: web.Request):
         body = await request.json()
     except ValueError as e:
         return _bad(f"request body: not valid JSON ({e})")
-    try:
-        png, info = render_preview(body)
+    try:  # off the event loop: a large image takes up to about a second on a CPU
+        png, info = await asyncio.get_running_loop().run_in_executor(None, render_preview, body)
     except PreviewRequestError as e:
         return _bad(str(e))
     except Exception as e:  # a bug, not the user's input: say so, keep the server up

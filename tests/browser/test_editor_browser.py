@@ -178,7 +178,7 @@ def test_preview_route_answers_png_fast(server):
     ("mask escape", {"image": IMG, "mask": {"filename": "../server.log"}, "points": GOOD_POINTS}, None, "leaves"),
     ("unknown folder type", {"image": {**IMG, "type": "models"}, "points": GOOD_POINTS}, None, "type"),
     ("missing file", {"image": {"filename": "nope.png"}, "points": GOOD_POINTS}, None, "no such file"),
-    ("not an image", {"image": {"filename": "comfy.settings.json", "subfolder": "../user/default"},
+    ("escape into user/", {"image": {"filename": "comfy.settings.json", "subfolder": "../user/default"},
                       "points": GOOD_POINTS}, None, "leaves"),
 ])
 def test_preview_route_rejects_malformed(server, name, payload, raw, words):
@@ -186,6 +186,26 @@ def test_preview_route_rejects_malformed(server, name, payload, raw, words):
     assert status == 400, (name, status, body[:300])
     msg = json.loads(body)["error"]
     assert words in msg, (name, msg)
+
+
+def test_preview_route_mask_channels(server):
+    """A grey-level mask file read by channel (LoadImageMask's way), and LoadImage's alpha."""
+    inp = server["run"] / "input"
+    (inp / "mask_left.png").write_bytes(png_rgba(W, H, lambda x, y: (255, 255, 255, 255) if x < 120 else (0, 0, 0, 255)))
+    (inp / "mask_small.png").write_bytes(png_rgba(64, 64, lambda x, y: (255, 255, 255, 255)))
+    pts = json.dumps({"version": 1, "width": W, "height": H, "drags": [{"handle": [60, 100], "target": [90, 90]}]})
+    holes = {}
+    for name, mask in [("none", None), ("red", {"filename": "mask_left.png", "channel": "red"}),
+                       ("alpha", {**IMG, "channel": "alpha"}),
+                       ("no alpha = whole image", {"filename": "mask_left.png", "channel": "alpha"})]:
+        status, headers, body, _ = post(server["url"], {"image": IMG, "mask": mask, "points": pts})
+        assert status == 200, (name, body[:300])
+        holes[name] = int(headers["X-FastDrag-Holes"])
+    assert holes["red"] != holes["none"] and holes["alpha"] != holes["none"]
+    assert holes["no alpha = whole image"] == holes["none"]
+    status, _, body, _ = post(server["url"], {"image": IMG, "mask": {"filename": "mask_small.png", "channel": "red"},
+                                              "points": pts})
+    assert status == 400 and "does not match" in json.loads(body)["error"]
 
 
 def test_preview_route_rejects_non_image_in_input(server):
