@@ -1,10 +1,11 @@
 """The FastDragPoints editor in the real ComfyUI front end (headless Chromium) against the real
 server with this pack loaded, and the warp-preview route's answers to malformed input.
 
-Needs: a ComfyUI checkout (``COMFYUI_ROOT``, or the comfy harness at ``$COMFY_ROOT/ComfyUI``,
-default ``~/.cache/comfy-harness``) with a python that has its requirements (``COMFYUI_PYTHON``,
-default ``<ComfyUI>/../venv/bin/python``), and Debian's ``chromium`` (or ``CHROMIUM``). Skipped
-with the reason otherwise. The server runs on ``FASTDRAG_BROWSER_PORT`` (default 8201) from a
+Needs: a ComfyUI checkout (``COMFYUI_ROOT``, or the pack sitting in ``ComfyUI/custom_nodes``) with
+a python that has its requirements (``COMFYUI_PYTHON``, default ``$COMFYUI_ROOT/../venv/bin/python``,
+as the comfy harness lays it out), and Debian's ``chromium`` (or ``CHROMIUM``). Skipped with the
+reason otherwise. Run:
+``COMFYUI_ROOT=~/.cache/comfy-harness/ComfyUI python3 -m pytest tests/browser -v`` The server runs on ``FASTDRAG_BROWSER_PORT`` (default 8201) from a
 temporary base directory; it is stopped (by its PID) at the end. Screenshots go to
 ``artifacts/browser/`` (git-ignored) or ``FASTDRAG_ARTIFACTS``.
 
@@ -37,11 +38,12 @@ ARTIFACTS = os.environ.get("FASTDRAG_ARTIFACTS", os.path.join(ROOT, "artifacts",
 
 
 def _comfy():
+    """ComfyUI as the integration tests find it: COMFYUI_ROOT, or the pack sitting in ComfyUI/custom_nodes."""
     root = os.environ.get("COMFYUI_ROOT")
     if not root:
-        base = os.environ.get("COMFY_ROOT", os.path.join(os.path.expanduser("~"), ".cache", "comfy-harness"))
-        root = os.path.join(base, "ComfyUI")
-    py = os.environ.get("COMFYUI_PYTHON", os.path.join(os.path.dirname(os.path.abspath(root)), "venv", "bin", "python"))
+        parent = os.path.dirname(os.path.realpath(ROOT))
+        root = os.path.dirname(parent) if os.path.basename(parent) == "custom_nodes" else ""
+    py = os.environ.get("COMFYUI_PYTHON", os.path.join(os.path.dirname(os.path.abspath(root or ".")), "venv", "bin", "python"))
     return root, py
 
 
@@ -50,8 +52,10 @@ CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.whic
 
 
 def _skip_reason():
+    if not COMFY:
+        return "no ComfyUI: set COMFYUI_ROOT to a ComfyUI checkout (and COMFYUI_PYTHON to its python)"
     if not os.path.isfile(os.path.join(COMFY, "main.py")):
-        return f"ComfyUI not found at {COMFY} (set COMFYUI_ROOT, or run the comfy harness setup.sh)"
+        return f"COMFYUI_ROOT={COMFY} has no main.py"
     if not os.access(PY, os.X_OK):
         return f"no python for ComfyUI at {PY} (set COMFYUI_PYTHON)"
     if subprocess.run([PY, "-c", "import aiohttp, PIL"], capture_output=True).returncode:
