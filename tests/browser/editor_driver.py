@@ -311,6 +311,45 @@ async def scenario(cdp, args, R):
                                 " editor_on_node: !!window.__fd.fastdragEditor})")
 
 
+async def example_scenario(cdp, args, R):
+    """Load a shipped example workflow: the editor shows LoadImage's file and its drags; add one."""
+    await cdp.call("Page.navigate", url=args.url)
+    await cdp.wait("!!(window.comfyAPI && window.comfyAPI.app && window.comfyAPI.app.app"
+                   " && window.comfyAPI.app.app.graph && window.comfyAPI.app.app.canvas)", timeout=90, every=0.25)
+    await cdp.js("window.app = window.comfyAPI.app.app; true")
+    await asyncio.sleep(1.0)
+    with open(args.example) as f:
+        wf = json.load(f)
+    ok = False
+    for _ in range(3):
+        await cdp.js(f"Promise.resolve(app.loadGraphData({json.dumps(wf)})).then(() => true)")
+        t0 = time.time()
+        while time.time() - t0 < 10 and not ok:
+            ok = await find_node(cdp)
+            await asyncio.sleep(0.2)
+        if ok:
+            break
+    R["workflow_loaded"] = ok
+    if not ok:
+        return
+    # bring the node into view at scale 1, top left
+    await cdp.js("(() => { const n = window.__fd, ds = app.canvas.ds; ds.scale = 1;"
+                 " ds.offset = [120 - n.pos[0], 140 - n.pos[1]]; app.canvas.setDirty(true, true); return true; })()")
+    await asyncio.sleep(0.6)
+    R["image_size"] = await cdp.js(f"{ED}.imageSize()")
+    R["image_source"] = await cdp.js(f"{ED}.imageRef")
+    R["points_before"] = await cdp.js(POINTS)
+    R["drags_drawn"] = await cdp.js(f"{ED}.state().drags.length")
+    w, h = R["image_size"]
+    a, b = (round(w * 0.25), round(h * 0.7)), (round(w * 0.3), round(h * 0.6))
+    R["clicked"] = [a, b]
+    await cdp.click(*await pixel(cdp, *a))
+    await cdp.click(*await pixel(cdp, *b))
+    await asyncio.sleep(0.1)
+    R["points_after"] = await cdp.js(POINTS)
+    await shoot(cdp, args, "example_workflow.png")
+
+
 async def main_async(args):
     port = free_port()
     profile = tempfile.mkdtemp(prefix="fastdrag_chromium_")
@@ -340,7 +379,7 @@ async def main_async(args):
                 await cdp.call("Emulation.setDeviceMetricsOverride", width=1400, height=1000, deviceScaleFactor=1,
                                mobile=False)
                 try:
-                    await scenario(cdp, args, R)
+                    await (example_scenario if args.example else scenario)(cdp, args, R)
                 except Exception:
                     R["errors"].append(traceback.format_exc())
                 R["console"] = cdp.console
@@ -358,7 +397,8 @@ async def main_async(args):
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--url", required=True)
-    ap.add_argument("--workflow", required=True, help="UI-format workflow with a FastDragPoints node")
+    ap.add_argument("--workflow", help="UI-format workflow with a FastDragPoints node (the full scenario)")
+    ap.add_argument("--example", help="instead: a shipped example workflow (short scenario)")
     ap.add_argument("--out-dir", required=True)
     ap.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
     args = ap.parse_args()
