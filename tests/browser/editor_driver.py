@@ -30,6 +30,7 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
 HANDLE, TARGET = (150, 110), (200, 90)   # first drag
 MOVED_TARGET = (236, 76)                 # the target after dragging it
 SECOND = ((60, 180), (90, 168))          # a pair that gets removed again
+EXTERNAL = ((250, 150), (226, 176))      # a pair typed into the points JSON
 
 
 def free_port():
@@ -295,6 +296,15 @@ async def scenario(cdp, args, R):
     R["preview_after_drag_s"] = round(time.time() - t_drag, 3)
     R["preview_requests_during_drag"] = await cdp.js(f"{ED}.preview.count") - count
     R["points_after_second_drag"] = await cdp.js(POINTS)
+
+    # ---- the points text edited outside the canvas (JSON widget): the editor and preview follow
+    edited = dict(R["points_after_second_drag"])
+    edited["drags"] = edited["drags"] + [{"handle": list(EXTERNAL[0]), "target": list(EXTERNAL[1])}]
+    count = await cdp.js(f"{ED}.preview.count")
+    await cdp.js(f"window.__fd.widgets.find(w => w.name === 'points').value = {json.dumps(json.dumps(edited))};"
+                 " app.canvas.setDirty(true, true); true")
+    await cdp.wait(f"{ED}.preview.count > {count} && !{ED}.preview.inFlight && !{ED}.preview.again", timeout=15, every=0.02)
+    R["drags_drawn_after_external_edit"] = await cdp.js(f"{ED}.state().drags.length")
     await asyncio.sleep(0.3)
     await cdp.js("app.canvas.setDirty(true, true); true")
     await asyncio.sleep(0.3)

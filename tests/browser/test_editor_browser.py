@@ -317,6 +317,7 @@ def test_editor_in_browser(server):
     assert pv["on"] and not pv["error"] and (pv["w"], pv["h"]) == (W // 8, H // 8) and pv["holes"] > 0
     assert R["preview_first_s"] < 1.5 and R["preview_after_drag_s"] < 2.0
     assert near(R["points_after_second_drag"]["drags"][0]["target"], (200, 90))
+    assert R["drags_drawn_after_external_edit"] == 2
     assert R["removed"] == {"dead": True, "canvas_in_document": False, "editor_on_node": False}
     print(f"preview: first {R['preview_first_s']} s after the toggle click, {R['preview_after_drag_s']} s after a drag "
           f"({pv['ms']:.0f} ms request, {pv['serverMs']} ms server); other console entries: {len(R['console'])}")

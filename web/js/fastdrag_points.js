@@ -266,11 +266,14 @@ class DragEditor {
     }
     const mkey = mask ? `${refKey(mask.ref)}#${mask.channel}` : "";
     if (mkey !== (this.mask?.key ?? "")) this.loadMask(mask, mkey);
+    // the points text changed outside the canvas (JSON widget edited, workflow loaded, undo)
+    if (this.text !== this.drawnText) this.changed();
   }
 
   loadImage(ref) {
     this.imageRef = ref;
     this.image = null;
+    this.pending = null;
     this.clearPreviewImage();
     if (!ref) { this.draw(); return; }
     const img = new Image();
@@ -543,6 +546,7 @@ class DragEditor {
     const s = this.state();
     const L = this.layout();
     const p = this.preview;
+    this.drawnText = this.text;
     if (!L) {
       ctx.fillStyle = "#999";
       ctx.font = "12px sans-serif";
