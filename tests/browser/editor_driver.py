@@ -314,6 +314,32 @@ async def scenario(cdp, args, R):
     await shoot(cdp, args, "editor_node_preview.png", node=True)
     R["screenshots"] = sorted(f for f in os.listdir(args.out_dir) if f.endswith(".png"))
 
+    # ---- Clear, then Ctrl+Z brings the drags back; the JSON button shows the points widget
+    # (an edit on the canvas first: it ends with a mouseup, on which ComfyUI records the graph state)
+    await cdp.drag(await pixel(cdp, *EXTERNAL[1]), await pixel(cdp, EXTERNAL[1][0] + 6, EXTERNAL[1][1] + 4), steps=3)
+    await asyncio.sleep(0.2)
+    before = await cdp.js(POINTS)
+    cb = await cdp.js(f"(() => {{ const r = {ED}.clearButton.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; }})()")
+    await cdp.click(*cb)
+    await asyncio.sleep(0.1)
+    R["drags_after_clear"] = len((await cdp.js(POINTS))["drags"])
+    # Ctrl+Z in the editor is ComfyUI's graph undo: it reloads the graph with the points before Clear
+    await cdp.js(f"{ED}.root.focus(); true")
+    for kind in ("rawKeyDown", "keyUp"):
+        await cdp.call("Input.dispatchKeyEvent", type=kind, key="z", code="KeyZ", windowsVirtualKeyCode=90, modifiers=2)
+    t0 = time.time()
+    while time.time() - t0 < 10:
+        await asyncio.sleep(0.2)
+        if await find_node(cdp) and (await cdp.js(POINTS)) == before:
+            break
+    R["ctrl_z_restores"] = (await cdp.js(POINTS)) == before
+    R["drags_drawn_after_ctrl_z"] = await cdp.js(f"{ED}.state().drags.length")
+    jb = await cdp.js(f"(() => {{ const r = {ED}.jsonButton.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; }})()")
+    await cdp.click(*jb)
+    await asyncio.sleep(0.2)
+    R["json_shown"] = await cdp.js("!window.__fd.widgets.find(w => w.name === 'points').hidden")
+    await cdp.click(*jb)
+
     # ---- removal cleans up
     await cdp.js(f"window.__fdEd = {ED}; app.graph.remove(window.__fd); true")
     await asyncio.sleep(0.5)

@@ -318,6 +318,8 @@ def test_editor_in_browser(server):
     assert R["preview_first_s"] < 1.5 and R["preview_after_drag_s"] < 2.0
     assert near(R["points_after_second_drag"]["drags"][0]["target"], (200, 90))
     assert R["drags_drawn_after_external_edit"] == 2
+    assert R["drags_after_clear"] == 0 and R["ctrl_z_restores"] and R["drags_drawn_after_ctrl_z"] == 2
+    assert R["json_shown"]
     assert R["removed"] == {"dead": True, "canvas_in_document": False, "editor_on_node": False}
     print(f"preview: first {R['preview_first_s']} s after the toggle click, {R['preview_after_drag_s']} s after a drag "
           f"({pv['ms']:.0f} ms request, {pv['serverMs']} ms server); other console entries: {len(R['console'])}")

@@ -9,7 +9,9 @@
 // (POST /fastdrag/preview, fastdrag_core) so there is one implementation of the maths.
 //
 // Controls: click = handle, next click = its target; drag a point to move it; right-click a point
-// (or select it and press Delete) removes its pair; Ctrl+Z / Undo; Clear; Esc cancels a lone handle.
+// (or select it and press Delete) removes its pair; Undo (this editor's steps) and Clear; Esc
+// cancels a lone handle. Ctrl+Z is ComfyUI's own graph undo, which restores the points text too:
+// every edit ends with a mouseup, on which ComfyUI's change tracker records the graph state.
 
 import { canvasToImage, fitLayout, formatPoints, imageToCanvas, parseAnnotated, parsePoints, scaleDrags }
   from "./fastdrag_points_model.js";
@@ -93,6 +95,7 @@ class DragEditor {
     root.className = "fastdrag-editor";
     root.tabIndex = 0;
     root.style.cssText = "display:flex;flex-direction:column;width:100%;height:100%;gap:3px;outline:none;" +
+      "user-select:none;-webkit-user-select:none;" +
       "box-sizing:border-box;font:11px sans-serif;color:var(--input-text,#ddd)";
     const bar = document.createElement("div");
     bar.style.cssText = "display:flex;align-items:center;gap:4px;flex:0 0 auto;flex-wrap:wrap";
@@ -106,7 +109,7 @@ class DragEditor {
       bar.append(b);
       return b;
     };
-    this.undoButton = button("Undo", "Undo the last change (Ctrl+Z)", () => this.undo());
+    this.undoButton = button("Undo", "Undo the last change made in this editor", () => this.undo());
     this.clearButton = button("Clear", "Remove all drags", () => this.clear());
     const label = document.createElement("label");
     label.style.cssText = "display:flex;align-items:center;gap:2px;cursor:pointer";
@@ -192,9 +195,29 @@ class DragEditor {
       this.undoStack.push(before);
       if (this.undoStack.length > MAX_UNDO) this.undoStack.shift();
     }
-    this.pointsWidget.value = after;  // the widget's own setter/callback keep the UI in step
+    this.recordChange(() => { this.pointsWidget.value = after; });
     this.node.graph?.setDirtyCanvas?.(true, true);
     this.changed();
+  }
+
+  /** Run fn as one step of ComfyUI's graph undo (Ctrl+Z): its change tracker checks the graph
+   *  state when the outermost after-change arrives. A point drag is one step (begin..end). */
+  recordChange(fn) {
+    const canvas = app.canvas;
+    if (!this.inChange) canvas?.emitBeforeChange?.();
+    try { fn(); } finally { if (!this.inChange) canvas?.emitAfterChange?.(); }
+  }
+
+  beginChange() {
+    if (this.inChange) return;
+    this.inChange = true;
+    app.canvas?.emitBeforeChange?.();
+  }
+
+  endChange() {
+    if (!this.inChange) return;
+    this.inChange = false;
+    app.canvas?.emitAfterChange?.();
   }
 
   editableDrags() {
@@ -206,7 +229,8 @@ class DragEditor {
   undo() {
     if (this.pending) { this.pending = null; this.draw(); return; }
     if (!this.undoStack.length || !this.pointsWidget) return;
-    this.pointsWidget.value = this.undoStack.pop();
+    const value = this.undoStack.pop();
+    this.recordChange(() => { this.pointsWidget.value = value; });
     this.selected = -1;
     this.changed();
   }
@@ -217,7 +241,7 @@ class DragEditor {
     if (!this.imageSize()) {
       if (this.pointsWidget && this.text.trim()) {
         this.undoStack.push(this.text);
-        this.pointsWidget.value = formatPoints(null, null, []);
+        this.recordChange(() => { this.pointsWidget.value = formatPoints(null, null, []); });
         this.changed();
       }
       return;
@@ -447,7 +471,7 @@ class DragEditor {
     e.stopPropagation();
     this.root.focus({ preventScroll: true });
     if (e.button !== 0) return;
-    e.preventDefault();
+    // no preventDefault: the mouseup that follows must reach ComfyUI's change tracker (graph undo)
     const L = this.layout();
     if (!L) return;
     const h = this.hit(e, L);
@@ -455,6 +479,7 @@ class DragEditor {
       const drags = this.editableDrags();
       this.undoStack.push(this.text);
       this.dragging = { ...h, drags, moved: false };
+      this.beginChange();
       this.selected = h.index;
       this.canvas.setPointerCapture?.(e.pointerId);
       this.draw();
@@ -496,6 +521,7 @@ class DragEditor {
     if (!d) return;
     e.stopPropagation();
     this.dragging = null;
+    this.endChange();
     this.canvas.releasePointerCapture?.(e.pointerId);
     if (!d.moved) this.undoStack.pop();  // a click on a point only selects it
     this.draw();
@@ -513,9 +539,7 @@ class DragEditor {
 
   onKeyDown(e) {
     const key = e.key;
-    if ((e.ctrlKey || e.metaKey) && key.toLowerCase() === "z") {
-      this.undo();
-    } else if (key === "Delete" || key === "Backspace") {
+    if (key === "Delete" || key === "Backspace") {
       const s = this.state();
       if (this.pending) { this.pending = null; this.draw(); }
       else if (!s.error && s.drags.length) this.removePair(this.selected >= 0 ? this.selected : s.drags.length - 1);
@@ -527,7 +551,7 @@ class DragEditor {
       return;
     }
     e.preventDefault();
-    e.stopPropagation();  // keep ComfyUI's Delete (remove node) and Ctrl+Z (graph undo) out of it
+    e.stopPropagation();  // keep ComfyUI's Delete / Backspace (remove the node) out of it
   }
 
   // -------------------------------------------------------------------------------- drawing
@@ -634,6 +658,7 @@ class DragEditor {
   }
 
   destroy() {
+    this.endChange();
     this.dead = true;
     this.resizeObserver?.disconnect();
     clearTimeout(this.preview.timer);
