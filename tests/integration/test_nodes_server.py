@@ -272,3 +272,25 @@ def test_drag_of_another_image(server):
     with pytest.raises(PromptError) as e:
         server.run(p)
     assert e.value.node_type == "FastDragWarp" and "64x64 image" in e.value.message, e.value.message
+
+
+def test_example_workflows_are_served_as_templates(server):
+    """example_workflows/ is ComfyUI's template folder name (no rename hint in the log); every node
+    of every example is a registered node type."""
+    names = server.get("/workflow_templates").get("comfyui-fastdrag")
+    assert sorted(names) == ["fastdrag_basic", "fastdrag_stages"], names
+    info = server.get("/object_info")
+    for name in names:
+        wf = server.get(f"/api/workflow_templates/comfyui-fastdrag/{name}.json")
+        assert wf["version"] == 0.4 and wf["links"]
+        missing = {n["type"] for n in wf["nodes"]} - set(info)
+        assert not missing, f"{name}: unknown node types {missing}"
+    assert "consider renaming it to 'example_workflows'" not in server.log_text()
+    for node_id in ("FastDragPoints", "FastDragInvert", "FastDragWarp", "FastDragBNNI", "FastDragSample",
+                    "FastDragEdit"):
+        spec = info[node_id]
+        assert spec["category"].startswith("FastDrag") and spec["description"], node_id
+        for group in ("required", "optional"):
+            for inp, (_, opts) in spec["input"].get(group, {}).items():
+                assert opts.get("tooltip"), f"{node_id}.{inp} has no tooltip"
+        assert all(spec["output_tooltips"]), node_id
