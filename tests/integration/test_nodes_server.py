@@ -294,3 +294,26 @@ def test_example_workflows_are_served_as_templates(server):
             for inp, (_, opts) in spec["input"].get(group, {}).items():
                 assert opts.get("tooltip"), f"{node_id}.{inp} has no tooltip"
         assert all(spec["output_tooltips"]), node_id
+
+
+def test_cancel_stops_within_a_step(server):
+    """Cancel (POST /interrupt) during a long inversion ends the prompt within about one UNet step."""
+    import time
+
+    p = base(server.ckpt_name)
+    p["inv"] = invert_node(steps=400, strength=1.0)
+    p["save"] = save_node("/nonexistent/never.pt", kv=("inv", 1))
+    pid = server.submit(p)
+    t0 = time.time()
+    while not server.running() and time.time() - t0 < 60:
+        time.sleep(0.05)
+    time.sleep(3.0)  # well inside the 400 steps (about 0.05-0.2 s each on the tiny model)
+    t_int = time.time()
+    server.interrupt()
+    entry = server.wait(pid, timeout=60, raise_errors=False)
+    elapsed = time.time() - t_int
+    kinds = [kind for kind, _ in entry["status"]["messages"]]
+    assert "execution_interrupted" in kinds, kinds
+    data = dict(entry["status"]["messages"])["execution_interrupted"]
+    assert data["node_type"] == "FastDragInvert"
+    assert elapsed < 5.0, f"took {elapsed:.1f}s to stop"
