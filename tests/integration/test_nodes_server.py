@@ -109,6 +109,7 @@ def test_kv_entries_and_injections_cfg3(server, core_run):
 def test_consistency_on_and_off_differ(core_run):
     _, r = core_run
     diff = (r["samp_on"]["latent"] - r["samp_off"]["latent"]).abs().max()
+    print(f"consistency on vs off: max abs difference {float(diff):.3e}")
     assert diff > 1e-3, diff
 
 
@@ -132,6 +133,7 @@ def test_inversion_matches_float64_official(core_run):
     ours, ref = r["inv"]["latent"].double(), r["ref"]["latent"].double()
     assert r["ref"]["timesteps"] == [1, 101, 201, 301, 401, 501, 601]
     rel = float((ours - ref).norm() / ref.norm())
+    print(f"inversion vs float64 official: relative L2 error {rel:.2e}, max abs {float((ours - ref).abs().max()):.2e}")
     assert rel < 1e-5, rel
 
 
@@ -167,6 +169,7 @@ def test_lora_and_controlnet_change_the_result(server, tmp_path):
     p["s3"] = save_node(f["cn"], latent=("e_cn", 1))
     server.run(p)
     plain, lora, cn = (load(f[k])["latent"] for k in ("plain", "lora", "cn"))
+    print(f"max abs change: LoRA {float((lora - plain).abs().max()):.3e}, ControlNet {float((cn - plain).abs().max()):.3e}")
     assert (lora - plain).abs().max() > 1e-3
     assert (cn - plain).abs().max() > 1e-3
 
@@ -316,4 +319,5 @@ def test_cancel_stops_within_a_step(server):
     assert "execution_interrupted" in kinds, kinds
     data = dict(entry["status"]["messages"])["execution_interrupted"]
     assert data["node_type"] == "FastDragInvert"
+    print(f"interrupt -> prompt ended in {elapsed:.2f}s")
     assert elapsed < 5.0, f"took {elapsed:.1f}s to stop"
