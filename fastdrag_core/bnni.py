@@ -101,7 +101,7 @@ def bnni_fill(latent: torch.Tensor, null_mask: torch.Tensor, *, order: str = "of
     null = as_mask(null_mask, batch, height, width, "bnni_fill", name="null_mask", allow_empty=True).numpy()
     opmath = np.float64 if latent.dtype == torch.float64 else np.float32
     rnd = _rounder(latent.dtype)
-    x = latent.detach().to("cpu", torch.float64 if opmath is np.float64 else torch.float32)
+    x = latent.detach().to("cpu", torch.float64 if opmath is np.float64 else torch.float32, copy=True)
     x = np.ascontiguousarray(x.permute(0, 2, 3, 1).numpy())  # [B, H, W, C]
     if order == "official":
         null = null | (x[..., 0] == 0)  # "has a value" is channel 0 != 0 (quirk Q4)

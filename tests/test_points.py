@@ -1,0 +1,100 @@
+"""Points JSON and the official image -> latent rules (spec §1.7), checked by hand."""
+
+import json
+
+import pytest
+import torch
+
+from fastdrag_core import image_mask_to_latent, image_points_to_latent
+from fastdrag_core.points import DragPoints, check_points_in_image, parse_points
+
+
+def test_points_mapping_hand_cases_512():
+    pts = torch.tensor([[511.0, 0.0], [100.0, 120.0], [5.0, 7.0], [7.0, 5.0], [256.0, 511.0]])
+    lat = image_points_to_latent(pts, (512, 512))
+    # x_lat = round(x/512*256)/4: 511 -> round(255.5) = 256 (half to even) -> 64.0 (one cell outside)
+    # 5 -> round(2.5) = 2 -> 0.5; 7 -> round(3.5) = 4 -> 1.0
+    assert lat.tolist() == [[64.0, 0.0], [12.5, 15.0], [0.5, 1.0], [1.0, 0.5], [32.0, 64.0]]
+    assert lat.dtype == torch.float32
+
+
+def test_points_mapping_non_square_and_odd_sizes():
+    # 640 x 480 (W x H): w2 = 320, h2 = 240 -> x/2 and y/2 rounded, then /4
+    lat = image_points_to_latent([[101.0, 33.0]], (480, 640))
+    assert lat.tolist() == [[12.5, 4.0]]  # round(50.5) = 50 -> 12.5; round(16.5) = 16 -> 4.0
+    # odd width 513: w2 = 256, x = 513/2 -> 256*0.5 = 128 -> 32
+    assert image_points_to_latent([[256.5, 0.0]], (8, 513)).tolist() == [[32.0, 0.0]]
+
+
+def _mask_rule(mask):
+    """Spec §1.7, multiples of 8: cell (r, c) set iff a pixel at rows {8r+2, 8r+4} x cols {8c+2, 8c+4} is set."""
+    h, w = mask.shape[0] // 8, mask.shape[1] // 8
+    out = torch.zeros(h, w, dtype=torch.bool)
+    for r in range(h):
+        for c in range(w):
+            out[r, c] = bool(mask[[8 * r + 2, 8 * r + 4]][:, [8 * c + 2, 8 * c + 4]].any())
+    return out
+
+
+@pytest.mark.parametrize("hw", [(512, 512), (96, 128), (64, 40)])
+def test_mask_mapping_follows_the_sampling_rule(hw):
+    g = torch.Generator().manual_seed(hw[0])
+    for density in (0.002, 0.02, 0.2):
+        mask = torch.rand(*hw, generator=g) < density
+        lat = image_mask_to_latent(mask.float() * 0.7, (hw[0] // 8, hw[1] // 8))
+        assert torch.equal(lat, _mask_rule(mask))
+
+
+def test_mask_mapping_batch_and_other_sizes():
+    mask = torch.zeros(2, 100, 60)
+    mask[0, 40:60, 20:40] = 1
+    lat = image_mask_to_latent(mask, (12, 7))
+    assert lat.shape == (2, 12, 7) and lat[0].any() and not lat[1].any()
+    with pytest.raises(ValueError, match="mask"):
+        image_mask_to_latent(torch.zeros(1, 1, 8, 8), (1, 1))
+
+
+def test_parse_v1_and_dragbench_formats():
+    text = json.dumps({"version": 1, "width": 512, "height": 256,
+                       "drags": [{"handle": [10, 20], "target": [30.5, 40]}, {"handle": [1, 2], "target": [3, 4]}]})
+    p = parse_points(text)
+    assert p.handles == ((10.0, 20.0), (1.0, 2.0)) and p.targets == ((30.5, 40.0), (3.0, 4.0))
+    assert (p.width, p.height) == (512, 256)
+    flat = parse_points("[[10, 20], [30.5, 40], [1, 2], [3, 4]]")
+    assert flat.handles == p.handles and flat.targets == p.targets and flat.width is None
+    assert parse_points(p.to_json()) == p
+
+
+def test_rescale_to_another_image_size():
+    p = parse_points({"version": 1, "width": 512, "height": 256, "drags": [{"handle": [100, 50], "target": [200, 100]}]})
+    q = p.scaled_to(256, 512)
+    assert q.handles == ((50.0, 100.0),) and q.targets == ((100.0, 200.0),) and (q.width, q.height) == (256, 512)
+    assert DragPoints(((1.0, 2.0),), ((3.0, 4.0),)).scaled_to(64, 64).handles == ((1.0, 2.0),)
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("", "empty"),
+        ("{not json", "not valid JSON"),
+        ("[[1, 2], [3, 4], [5, 6]]", "odd count"),
+        ('{"version": 1, "drags": []}', "no drag points"),
+        ('{"version": 2, "drags": []}', "unsupported version 2"),
+        ('{"version": 1, "drags": [{"handle": [1, 2]}]}', "drags\\[0\\]"),
+        ('{"version": 1, "drags": [{"handle": [1, "a"], "target": [1, 2]}]}', "drags\\[0\\].handle"),
+        ('[[1, NaN], [2, 3]]', "not finite"),
+        ('{"version": 1, "width": -5, "drags": [{"handle": [1, 2], "target": [1, 2]}]}', "width"),
+        ('"hello"', "expected a JSON object or list"),
+        ('[[true, 1], [2, 3]]', "two numbers"),
+    ],
+)
+def test_parse_errors_are_clear(value, message):
+    with pytest.raises(ValueError, match=message):
+        parse_points(value)
+
+
+def test_points_outside_image_named():
+    p = parse_points("[[10, 20], [600, 40]]")
+    with pytest.raises(ValueError, match=r"drag 0 target \(600, 40\) is outside the 512x512 image"):
+        check_points_in_image(p, 512, 512)
+    check_points_in_image(parse_points("[[0, 0], [511.5, 511]]"), 512, 512)
