@@ -81,15 +81,19 @@ class KVStore:
     """attn1 K/V per (layer, timestep, chunk). Writable until :meth:`freeze`, immutable after.
 
     Tensors are stored detached, in ``dtype`` (half precision by default), on ``device`` (``None`` =
-    where they were computed, i.e. the compute device; ``"cpu"`` to save GPU memory).
+    where they were computed, i.e. the compute device; ``"cpu"`` to save GPU memory). With
+    ``device=None`` and a ``fits(nbytes) -> bool`` callable, an entry that does not fit on the compute
+    device goes to the CPU instead (``spilled`` counts them).
 
     ``copy.deepcopy`` returns the object itself: ComfyUI's ``ModelPatcher.clone`` deep-copies the
     patch objects that reference the store, and all clones must share this one store.
     """
 
     def __init__(self, schedule: Optional[KVSchedule] = None, *, dtype: torch.dtype = torch.float16,
-                 device: Optional[torch.device | str] = None):
+                 device: Optional[torch.device | str] = None, fits=None):
         self.schedule = schedule
+        self.fits = fits
+        self.spilled = 0
         self.dtype = dtype
         self.device = None if device is None else torch.device(device)
         self._entries: dict[Key, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -119,6 +123,10 @@ class KVStore:
 
     def _keep(self, t: torch.Tensor) -> torch.Tensor:
         dev = t.device if self.device is None else self.device
+        if self.device is None and self.fits is not None and dev.type != "cpu":
+            if not self.fits(t.numel() * torch.empty((), dtype=self.dtype).element_size()):
+                dev = torch.device("cpu")
+                self.spilled += 1
         return t.detach().to(device=dev, dtype=self.dtype, copy=True)
 
     def freeze(self, schedule: Optional[KVSchedule] = None) -> "KVStore":
@@ -126,6 +134,7 @@ class KVStore:
             self.schedule = schedule
         self._entries = MappingProxyType(dict(self._entries))  # type: ignore[assignment]
         self._frozen = True
+        self.fits = None
         return self
 
     # -- reading ----------------------------------------------------------------------------
@@ -178,7 +187,8 @@ class KVStore:
         sched = self.schedule.describe() if self.schedule else "no schedule"
         return (f"{len(self)} K/V entries = {len(self.layers)} layers x {len(self.timesteps)} timesteps x "
                 f"{len(self.chunks)} chunks, {format_bytes(self.nbytes)} {str(self.dtype).replace('torch.', '')} "
-                f"on {','.join(sorted(self.devices())) or '-'}; {sched}")
+                f"on {','.join(sorted(self.devices())) or '-'}"
+                + (f" ({self.spilled} tensors spilled to cpu)" if self.spilled else "") + f"; {sched}")
 
     def __repr__(self):
         return f"KVStore({self.describe()})"

@@ -7,11 +7,12 @@ diffusion loops through ComfyUI's sampler machinery (``nodes/patches.py``).
 
 from comfy_api.latest import ComfyExtension, io
 
+from .bnni import FastDragBNNI
 from .edit import FastDragEdit
 from .invert import FastDragInvert
 from .points import FastDragPoints
 from .sample import FastDragSample
-from .warp import FastDragBNNI, FastDragWarp
+from .warp import FastDragWarp
 
 NODE_LIST: list[type[io.ComfyNode]] = [
     FastDragPoints, FastDragInvert, FastDragWarp, FastDragBNNI, FastDragSample, FastDragEdit,

@@ -14,7 +14,7 @@ from comfy_api.latest import io
 from comfy_execution.graph_utils import GraphBuilder
 
 from .types import FastDragDrag
-from .warp import FILL_OPTIONS
+from .bnni import FILL_OPTIONS
 
 
 class FastDragEdit(io.ComfyNode):

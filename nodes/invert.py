@@ -44,6 +44,23 @@ def check_latent(latent, node: str) -> torch.Tensor:
     return samples
 
 
+def _fits_on(device):
+    """K/V entries stay on the compute device while it keeps ComfyUI's inference reserve free."""
+    def fits(nbytes: int) -> bool:
+        return (comfy.model_management.get_free_memory(device)
+                > nbytes + comfy.model_management.minimum_inference_memory())
+    return fits
+
+
+def warn_noise_mask(latent, node: str):
+    """A LATENT noise_mask (SetLatentNoiseMask) is not used: inversion must cover the whole latent for
+    the K/V and the warp, and KSAMPLER's inpaint blending would pin the unmasked area to a
+    noise-free latent. FastDrag's editable region is the FastDragPoints mask."""
+    if latent.get("noise_mask") is not None:
+        log.warning("[FastDrag] %s: the latent's noise_mask is ignored; use the mask input of "
+                    "FastDragPoints for the editable region", node)
+
+
 class FastDragInvert(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -93,7 +110,8 @@ class FastDragInvert(io.ComfyNode):
         # ascending: σ(t=0) (the official ᾱ_{-99} := ᾱ_0), σ(t_1), ..., σ(t_k)
         inv_sigmas = torch.tensor([float(ms.sigmas[0])] + list(sched.sigmas[:-1])[::-1])
 
-        store = KVStore(sched, dtype=torch.float16, device="cpu" if kv_device == "cpu" else None)
+        store = KVStore(sched, dtype=torch.float16, device="cpu" if kv_device == "cpu" else None,
+                        fits=_fits_on(model.load_device) if kv_device == "auto" else None)
         run = KVRun("capture", store, sched)
         sites = decoder_attn1_sites(model, NODE)
         m = patch_model(model, run, sites)
@@ -105,9 +123,9 @@ class FastDragInvert(io.ComfyNode):
         def callback(step, x0, x, total):
             pbar.update_absolute(step + 1, total)
 
+        warn_noise_mask(latent, NODE)
         out = comfy.sample.sample_custom(m, torch.zeros_like(samples), cfg, INVERT_SAMPLER, inv_sigmas,
-                                         positive, negative, samples, noise_mask=latent.get("noise_mask"),
-                                         callback=callback, disable_pbar=True, seed=0)
+                                         positive, negative, samples, callback=callback, disable_pbar=True, seed=0)
         store.freeze()
         chunks = len(store.chunks)
         expected = len(sites) * k * chunks

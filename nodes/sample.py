@@ -12,7 +12,7 @@ import comfy.sample
 import comfy.utils
 
 from ..fastdrag_core.kv import KVPolicy, KVStore
-from .invert import check_latent
+from .invert import check_latent, warn_noise_mask
 from .patches import DDIM_SAMPLER, KVRun, check_eps_discrete, decoder_attn1_sites, patch_model, zero_conditioning
 from .types import LATENT_TAG, FastDragKV
 
@@ -83,9 +83,9 @@ class FastDragSample(io.ComfyNode):
         def callback(step, x0, x, total):
             pbar.update_absolute(step + 1, total)
 
+        warn_noise_mask(latent, NODE)
         out = comfy.sample.sample_custom(m, torch.zeros_like(samples), cfg, DDIM_SAMPLER, sigmas, positive,
-                                         negative, samples, noise_mask=latent.get("noise_mask"),
-                                         callback=callback, disable_pbar=True, seed=0)
+                                         negative, samples, callback=callback, disable_pbar=True, seed=0)
         msg = (f"sampled t={sched.edit_timestep} -> 0 in {len(sched.timesteps)} steps; "
                + (run.stats.describe() if consistency else "consistency off"))
         if consistency and (run.stats.misses or run.unexpected_sigmas):

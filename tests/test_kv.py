@@ -125,3 +125,24 @@ def test_schedule_lookup_and_comparison():
     assert SCHED.same_as(SCHED) and not SCHED.same_as(other)
     with pytest.raises(ValueError):
         KVSchedule(sigmas=(1.0,), timesteps=(1,), steps=1, strength=1.0, latent_shape=(1, 4, 8, 8))
+
+
+def test_entries_that_do_not_fit_spill_to_cpu():
+    budget = {"left": 16 * 8 * 2 * 3}  # room for three fp16 [1, 16, 8] tensors
+
+    def fits(n):
+        if n <= budget["left"]:
+            budget["left"] -= n
+            return True
+        return False
+
+    s = KVStore(fits=fits)
+    if not torch.cuda.is_available():  # on CPU nothing is "on the device": spilling never triggers
+        s.capture("L", 1, [0], *kv())
+        assert s.spilled == 0
+        return
+    for t in (1, 2, 3):
+        k, v = kv()
+        s.capture("L", t, [0], k.cuda(), v.cuda())
+    s.freeze()
+    assert s.spilled == 3 and s.devices() == {"cpu", "cuda:0"} and "spilled" in s.describe()

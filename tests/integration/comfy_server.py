@@ -200,9 +200,8 @@ class ComfyServer:
             raise OSError(f"GET {path} -> {status}")
         return json.loads(body)
 
-    def run(self, prompt: dict, timeout: float = 900) -> dict:
-        """Queue an API prompt, wait for it; return its history entry. Raises PromptError on a
-        validation error (kind 'validation') or an execution error (kind 'execution')."""
+    def submit(self, prompt: dict) -> str:
+        """Queue an API prompt; return its id. Raises PromptError(kind='validation') on a rejected prompt."""
         status, body = self._http("POST", "/prompt", json.dumps({"prompt": prompt, "client_id": self.client_id}).encode())
         resp = json.loads(body)
         if status != 200 or resp.get("node_errors"):
@@ -210,7 +209,11 @@ class ComfyServer:
                 msg = "; ".join(f"{e.get('message')}: {e.get('details')}" for e in ne.get("errors", []))
                 raise PromptError("validation", nid, ne.get("class_type"), msg, resp)
             raise PromptError("validation", None, None, json.dumps(resp.get("error")), resp)
-        pid = resp["prompt_id"]
+        return resp["prompt_id"]
+
+    def wait(self, pid: str, timeout: float = 900, raise_errors: bool = True) -> dict:
+        """Wait for a queued prompt; return its history entry. Raises PromptError(kind='execution')
+        on an execution error unless ``raise_errors`` is False."""
         t0 = time.time()
         while time.time() - t0 < timeout:
             h = self.get(f"/history/{pid}")
@@ -218,13 +221,23 @@ class ComfyServer:
                 st = h[pid].get("status", {})
                 if st.get("completed") or st.get("status_str") == "error":
                     for kind, data in st.get("messages", []):
-                        if kind == "execution_error":
+                        if kind == "execution_error" and raise_errors:
                             raise PromptError("execution", data.get("node_id"), data.get("node_type"),
                                               f"{data.get('exception_type')}: {data.get('exception_message')}", data)
                     return h[pid]
             time.sleep(0.05)
-        self._http("POST", "/interrupt", b"")
+        self.interrupt()
         raise TimeoutError(f"prompt {pid} not done after {timeout}s")
+
+    def run(self, prompt: dict, timeout: float = 900) -> dict:
+        """Queue an API prompt and wait for it (see submit / wait)."""
+        return self.wait(self.submit(prompt), timeout)
+
+    def interrupt(self):
+        self._http("POST", "/interrupt", b"")
+
+    def running(self) -> bool:
+        return bool(self.get("/queue").get("queue_running"))
 
     def texts(self, entry: dict, node_id: str) -> list[str]:
         return entry.get("outputs", {}).get(node_id, {}).get("text", [])

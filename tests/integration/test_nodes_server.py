@@ -109,6 +109,7 @@ def test_kv_entries_and_injections_cfg3(server, core_run):
 def test_consistency_on_and_off_differ(core_run):
     _, r = core_run
     diff = (r["samp_on"]["latent"] - r["samp_off"]["latent"]).abs().max()
+    print(f"consistency on vs off: max abs difference {float(diff):.3e}")
     assert diff > 1e-3, diff
 
 
@@ -132,6 +133,7 @@ def test_inversion_matches_float64_official(core_run):
     ours, ref = r["inv"]["latent"].double(), r["ref"]["latent"].double()
     assert r["ref"]["timesteps"] == [1, 101, 201, 301, 401, 501, 601]
     rel = float((ours - ref).norm() / ref.norm())
+    print(f"inversion vs float64 official: relative L2 error {rel:.2e}, max abs {float((ours - ref).abs().max()):.2e}")
     assert rel < 1e-5, rel
 
 
@@ -167,6 +169,7 @@ def test_lora_and_controlnet_change_the_result(server, tmp_path):
     p["s3"] = save_node(f["cn"], latent=("e_cn", 1))
     server.run(p)
     plain, lora, cn = (load(f[k])["latent"] for k in ("plain", "lora", "cn"))
+    print(f"max abs change: LoRA {float((lora - plain).abs().max()):.3e}, ControlNet {float((cn - plain).abs().max()):.3e}")
     assert (lora - plain).abs().max() > 1e-3
     assert (cn - plain).abs().max() > 1e-3
 
@@ -272,3 +275,49 @@ def test_drag_of_another_image(server):
     with pytest.raises(PromptError) as e:
         server.run(p)
     assert e.value.node_type == "FastDragWarp" and "64x64 image" in e.value.message, e.value.message
+
+
+def test_example_workflows_are_served_as_templates(server):
+    """example_workflows/ is ComfyUI's template folder name (no rename hint in the log); every node
+    of every example is a registered node type."""
+    names = server.get("/workflow_templates").get("comfyui-fastdrag")
+    assert sorted(names) == ["fastdrag_basic", "fastdrag_stages"], names
+    info = server.get("/object_info")
+    for name in names:
+        wf = server.get(f"/api/workflow_templates/comfyui-fastdrag/{name}.json")
+        assert wf["version"] == 0.4 and wf["links"]
+        missing = {n["type"] for n in wf["nodes"]} - set(info)
+        assert not missing, f"{name}: unknown node types {missing}"
+    assert "consider renaming it to 'example_workflows'" not in server.log_text()
+    for node_id in ("FastDragPoints", "FastDragInvert", "FastDragWarp", "FastDragBNNI", "FastDragSample",
+                    "FastDragEdit"):
+        spec = info[node_id]
+        assert spec["category"].startswith("FastDrag") and spec["description"], node_id
+        for group in ("required", "optional"):
+            for inp, (_, opts) in spec["input"].get(group, {}).items():
+                assert opts.get("tooltip"), f"{node_id}.{inp} has no tooltip"
+        assert all(spec["output_tooltips"]), node_id
+
+
+def test_cancel_stops_within_a_step(server):
+    """Cancel (POST /interrupt) during a long inversion ends the prompt within about one UNet step."""
+    import time
+
+    p = base(server.ckpt_name)
+    p["inv"] = invert_node(steps=400, strength=1.0)
+    p["save"] = save_node("/nonexistent/never.pt", kv=("inv", 1))
+    pid = server.submit(p)
+    t0 = time.time()
+    while not server.running() and time.time() - t0 < 60:
+        time.sleep(0.05)
+    time.sleep(3.0)  # well inside the 400 steps (about 0.05-0.2 s each on the tiny model)
+    t_int = time.time()
+    server.interrupt()
+    entry = server.wait(pid, timeout=60, raise_errors=False)
+    elapsed = time.time() - t_int
+    kinds = [kind for kind, _ in entry["status"]["messages"]]
+    assert "execution_interrupted" in kinds, kinds
+    data = dict(entry["status"]["messages"])["execution_interrupted"]
+    assert data["node_type"] == "FastDragInvert"
+    print(f"interrupt -> prompt ended in {elapsed:.2f}s")
+    assert elapsed < 5.0, f"took {elapsed:.1f}s to stop"
