@@ -1,0 +1,24 @@
+"""ComfyUI glue of the FastDrag pack: V3 node classes, one pipeline stage per module.
+
+Everything numerical lives in ``fastdrag_core`` (pure PyTorch, no ``comfy`` import); these modules
+translate ComfyUI types, validate inputs with errors naming the node and the value, and run the
+diffusion loops through ComfyUI's sampler machinery (``nodes/patches.py``).
+"""
+
+from comfy_api.latest import ComfyExtension, io
+
+from .bnni import FastDragBNNI
+from .edit import FastDragEdit
+from .invert import FastDragInvert
+from .points import FastDragPoints
+from .sample import FastDragSample
+from .warp import FastDragWarp
+
+NODE_LIST: list[type[io.ComfyNode]] = [
+    FastDragPoints, FastDragInvert, FastDragWarp, FastDragBNNI, FastDragSample, FastDragEdit,
+]
+
+
+class FastDragExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return list(NODE_LIST)

@@ -1,0 +1,142 @@
+"""FastDragInvert: official DDIM inversion to the edit timestep, capturing decoder attn1 K/V."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from comfy_api.latest import io, ui
+
+import comfy.model_management
+import comfy.sample
+import comfy.samplers
+import comfy.utils
+
+from ..fastdrag_core import ddim
+from ..fastdrag_core.kv import KVSchedule, KVStore
+from .patches import (INVERT_SAMPLER, KVRun, check_eps_discrete, decoder_attn1_sites, patch_model,
+                      zero_conditioning)
+from .types import LATENT_TAG, FastDragKV
+
+log = logging.getLogger(__name__)
+NODE = "FastDragInvert"
+
+
+def edit_schedule(ms, steps: int, strength: float, latent_shape, node: str = NODE) -> KVSchedule:
+    """The official schedule on ComfyUI's ``ddim_uniform`` sigmas: the last k+1 sigmas
+    (σ(t_k), ..., σ(t_1), 0) with k = round(strength·steps); for 10 steps, 0.7: t = 601 ... 1."""
+    try:
+        k = ddim.inversion_steps(steps, strength)
+    except ValueError as e:
+        raise ValueError(f"{node}: {e}") from None
+    sig = comfy.samplers.calculate_sigmas(ms, "ddim_uniform", steps).cpu().float()
+    sig = sig[-(k + 1):]
+    ts = [int(ms.timestep(s.reshape(1)).item()) for s in sig[:-1]]
+    return KVSchedule(sigmas=tuple(float(s) for s in sig), timesteps=tuple(ts), steps=int(steps),
+                      strength=float(strength), latent_shape=tuple(int(d) for d in latent_shape))
+
+
+def check_latent(latent, node: str) -> torch.Tensor:
+    samples = latent.get("samples") if isinstance(latent, dict) else None
+    if samples is None or samples.ndim != 4:
+        shape = None if samples is None else list(samples.shape)
+        raise ValueError(f"{node}: latent must be an image LATENT [B, C, H, W], got {shape}")
+    return samples
+
+
+def _fits_on(device):
+    """K/V entries stay on the compute device while it keeps ComfyUI's inference reserve free."""
+    def fits(nbytes: int) -> bool:
+        return (comfy.model_management.get_free_memory(device)
+                > nbytes + comfy.model_management.minimum_inference_memory())
+    return fits
+
+
+def warn_noise_mask(latent, node: str):
+    """A LATENT noise_mask (SetLatentNoiseMask) is not used: inversion must cover the whole latent for
+    the K/V and the warp, and KSAMPLER's inpaint blending would pin the unmasked area to a
+    noise-free latent. FastDrag's editable region is the FastDragPoints mask."""
+    if latent.get("noise_mask") is not None:
+        log.warning("[FastDrag] %s: the latent's noise_mask is ignored; use the mask input of "
+                    "FastDragPoints for the editable region", node)
+
+
+class FastDragInvert(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="FastDragInvert",
+            display_name="FastDrag Invert (DDIM + K/V capture)",
+            category="FastDrag/inversion",
+            description="Official DDIM inversion of a clean latent to the edit timestep, capturing K/V "
+                        "of every decoder self-attention layer at every step for FastDragSample.",
+            inputs=[
+                io.Model.Input("model", tooltip="An SD1.x-family (eps-prediction) model; LoRAs and other "
+                                                "model patches apply."),
+                io.Conditioning.Input("positive", tooltip="Prompt conditioning (FastDrag's default is the "
+                                                          "image prompt or the empty prompt)."),
+                io.Latent.Input("latent", tooltip="The clean latent of the image (VAEEncode)."),
+                io.Int.Input("steps", default=10, min=1, max=1000,
+                             tooltip="Total DDIM steps n of the ddim_uniform schedule (official: 10)."),
+                io.Float.Input("strength", default=0.7, min=0.01, max=1.0, step=0.01,
+                               tooltip="Inversion strength: k = round(strength x steps) inversion steps; "
+                                       "the edit happens at that timestep (official 0.7 -> t = 601)."),
+                io.Float.Input("cfg", default=1.0, min=0.0, max=30.0, step=0.1, round=0.01,
+                               tooltip="Classifier-free guidance during inversion (official: 1 = no "
+                                       "negative pass). Use the same value in FastDragSample."),
+                io.Conditioning.Input("negative", optional=True,
+                                      tooltip="Negative conditioning, used only when cfg != 1."),
+                io.Combo.Input("kv_device", options=["auto", "cpu"], default="auto", optional=True,
+                               tooltip="Where the captured K/V live: auto = the compute device (fastest), "
+                                       "cpu = system memory (saves GPU memory, slower sampling)."),
+            ],
+            outputs=[
+                io.Latent.Output("latent", display_name="latent",
+                                 tooltip="The noisy latent at the edit timestep (ComfyUI's sampler scale)."),
+                FastDragKV.Output("kv", display_name="kv",
+                                  tooltip="Captured decoder attn1 K/V per (layer, timestep, cond/uncond), "
+                                          "half precision, read-only."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, positive, latent, steps, strength, cfg, negative=None,
+                kv_device="auto") -> io.NodeOutput:
+        samples = check_latent(latent, NODE)
+        ms = check_eps_discrete(model, NODE)
+        samples = comfy.sample.fix_empty_latent_channels(model, samples)
+        sched = edit_schedule(ms, steps, strength, samples.shape)
+        k = len(sched.timesteps)
+        # ascending: σ(t=0) (the official ᾱ_{-99} := ᾱ_0), σ(t_1), ..., σ(t_k)
+        inv_sigmas = torch.tensor([float(ms.sigmas[0])] + list(sched.sigmas[:-1])[::-1])
+
+        store = KVStore(sched, dtype=torch.float16, device="cpu" if kv_device == "cpu" else None,
+                        fits=_fits_on(model.load_device) if kv_device == "auto" else None)
+        run = KVRun("capture", store, sched)
+        sites = decoder_attn1_sites(model, NODE)
+        m = patch_model(model, run, sites)
+        if negative is None:
+            negative = zero_conditioning(positive)
+
+        pbar = comfy.utils.ProgressBar(k)
+
+        def callback(step, x0, x, total):
+            pbar.update_absolute(step + 1, total)
+
+        warn_noise_mask(latent, NODE)
+        out = comfy.sample.sample_custom(m, torch.zeros_like(samples), cfg, INVERT_SAMPLER, inv_sigmas,
+                                         positive, negative, samples, callback=callback, disable_pbar=True, seed=0)
+        store.freeze()
+        chunks = len(store.chunks)
+        expected = len(sites) * k * chunks
+        if len(store) != expected or run.unexpected_sigmas:
+            raise RuntimeError(f"{NODE}: captured {len(store)} K/V entries, expected {len(sites)} layers x {k} "
+                               f"steps x {chunks} chunks = {expected} (unexpected sigmas: "
+                               f"{sorted(run.unexpected_sigmas)}); another sampler patch changed the model calls")
+        msg = f"inverted to t={sched.edit_timestep} in {k} steps; {store.describe()}"
+        log.info("[FastDrag] %s: %s", NODE, msg)
+        out_latent = dict(latent)
+        out_latent["samples"] = out
+        out_latent[LATENT_TAG] = {"schedule": sched,
+                                  "scale_factor": float(model.get_model_object("latent_format").scale_factor)}
+        return io.NodeOutput(out_latent, store, ui=ui.PreviewText(msg))

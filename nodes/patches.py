@@ -1,0 +1,173 @@
+"""ComfyUI mechanics of FastDrag: decoder attn1 replace patches that capture / inject K/V, and the
+two sampler functions (official DDIM inversion, DDIM) that run through ``comfy.samplers.KSAMPLER``.
+
+Both loops are ordinary k-diffusion sampler functions: the ``model`` they call is ComfyUI's
+wrapped model (KSamplerX0Inpaint -> CFGGuider -> calc_cond_batch -> apply_model), so CFG,
+ControlNet, LoRA, hooks, wrappers, ``noise_mask`` and other patches all apply. The maths of the steps
+lives in ``fastdrag_core.ddim``; what is stored and injected in ``fastdrag_core.kv``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import torch
+
+import comfy.ldm.modules.attention as comfy_attention
+import comfy.model_management
+import comfy.model_sampling
+import comfy.samplers
+from comfy.ldm.modules.attention import SpatialTransformer
+
+from ..fastdrag_core import ddim
+from ..fastdrag_core.kv import InjectionStats, KVPolicy, KVSchedule, KVStore
+
+log = logging.getLogger(__name__)
+
+Site = tuple  # ("output", block_id, transformer_index)
+
+
+def decoder_attn1_sites(model_patcher, node: str) -> list[Site]:
+    """Every self-attention (attn1) site of the UNet decoder (output blocks), found from the model:
+    ``(block_name, block_id, transformer_index)`` as ``set_model_attn1_replace`` expects.
+    SD1.5: output blocks 3-11 (9 layers); the harness's tiny UNet: output 0-3."""
+    dm = model_patcher.get_model_object("diffusion_model")
+    blocks = getattr(dm, "output_blocks", None)
+    if blocks is None:
+        raise ValueError(f"{node}: this model ({type(dm).__name__}) has no UNet output blocks; FastDrag "
+                         "needs an SD1.x-style UNet")
+    sites = []
+    for i, blk in enumerate(blocks):
+        for layer in blk:
+            if isinstance(layer, SpatialTransformer):
+                sites += [("output", i, j) for j in range(len(layer.transformer_blocks))]
+    if not sites:
+        raise ValueError(f"{node}: no self-attention layers found in the UNet decoder of {type(dm).__name__}")
+    return sites
+
+
+def check_eps_discrete(model_patcher, node: str):
+    """FastDrag's DDIM maths needs a discrete-time eps-prediction model (SD1.x family)."""
+    ms = model_patcher.get_model_object("model_sampling")
+    if not isinstance(ms, comfy.model_sampling.EPS) or isinstance(ms, comfy.model_sampling.V_PREDICTION) \
+            or not hasattr(ms, "sigmas") or not hasattr(ms, "log_sigmas"):
+        raise ValueError(f"{node}: model sampling {type(ms).__mro__[1].__name__} is not a discrete-time "
+                         "eps-prediction model; FastDrag needs an SD1.x-family checkpoint")
+    return ms
+
+
+class KVRun:
+    """State of one inversion or sampling run, shared by the patches of all layers.
+
+    ``copy.deepcopy`` returns self: ``ModelPatcher.clone`` and ComfyUI's per-run option copies
+    duplicate patch objects, and every copy must talk to this run."""
+
+    def __init__(self, mode: str, store: KVStore, schedule: KVSchedule, policy: Optional[KVPolicy] = None):
+        assert mode in ("capture", "inject")
+        self.mode, self.store, self.schedule = mode, store, schedule
+        self.policy = policy or KVPolicy()
+        self.stats = InjectionStats()
+        self._last = (None, None)  # (sigma tensor, timestep): one host sync per model call, not per layer
+        self.unexpected_sigmas: set[float] = set()
+
+    def timestep(self, extra_options) -> Optional[int]:
+        sig = extra_options["sigmas"]
+        if self._last[0] is sig:
+            return self._last[1]
+        s = float(sig[0])
+        t = self.schedule.timestep_for(s)
+        if t is None:
+            self.unexpected_sigmas.add(s)
+        self._last = (sig, t)
+        return t
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+class KVAttn1Patch:
+    """attn1 replace patch of one decoder layer: ``(q, k, v, extra_options) -> attention output``.
+    q/k/v are already projected ([B, tokens, heads*dim_head]); the result goes through to_out."""
+
+    def __init__(self, layer: Site, run: KVRun):
+        self.layer, self.run = layer, run
+
+    def __call__(self, q, k, v, extra_options):
+        run = self.run
+        t = run.timestep(extra_options)
+        chunks = extra_options["cond_or_uncond"]
+        if run.mode == "capture":
+            if t is not None:
+                run.store.capture(self.layer, t, chunks, k, v)
+        else:
+            k, v = run.policy.select(run.store, self.layer, t, chunks, k, v, run.stats)
+        return comfy_attention.optimized_attention(q, k, v, extra_options["n_heads"],
+                                                   attn_precision=extra_options.get("attn_precision"),
+                                                   transformer_options=extra_options)
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+def patch_model(model_patcher, run: KVRun, sites: list[Site]):
+    """A clone of ``model_patcher`` with a K/V patch on every site (the input is never modified)."""
+    m = model_patcher.clone()
+    for site in sites:
+        m.set_model_attn1_replace(KVAttn1Patch(site, run), *site)
+    return m
+
+
+@torch.no_grad()
+def sample_fastdrag_invert(model, x, sigmas, extra_args=None, callback=None, disable=None):
+    """Official DDIM inversion as a k-diffusion sampler function (see fastdrag_core.ddim).
+
+    ``sigmas`` ascend: [σ(t=0), σ(t_1), ..., σ(t_k)]; ``x`` is the clean latent in model space
+    (KSAMPLER adds σ·0 noise). Returns x at σ(t_k) (x = z_k / sqrt(ᾱ_k), ComfyUI's convention)."""
+    extra_args = {} if extra_args is None else extra_args
+    s_in = x.new_ones([x.shape[0]])
+    sig = [float(s) for s in sigmas]
+    x = ddim.to_inversion_start(x, sig[0])
+    for i in range(len(sig) - 1):
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        s, sn = sig[i], sig[i + 1]
+        x_in = ddim.inversion_model_input(x, s, sn)
+        denoised = model(x_in, sigmas[i + 1] * s_in, **extra_args)  # K/V of t(σ_next) captured here
+        eps = ddim.eps_from_denoised(x_in, denoised, sn)
+        x = ddim.inversion_step(x, eps, s, sn)
+        if callback is not None:
+            callback({"x": x, "i": i, "sigma": sigmas[i + 1], "sigma_hat": sigmas[i + 1], "denoised": denoised})
+    return x
+
+
+@torch.no_grad()
+def sample_fastdrag_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None):
+    """Deterministic DDIM (η = 0) down descending ``sigmas`` as a k-diffusion sampler function."""
+    extra_args = {} if extra_args is None else extra_args
+    s_in = x.new_ones([x.shape[0]])
+    sig = [float(s) for s in sigmas]
+    for i in range(len(sig) - 1):
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        denoised = model(x, sigmas[i] * s_in, **extra_args)  # K/V of t(σ_i) injected here
+        if sig[i + 1] == 0.0:
+            x = denoised
+        else:
+            x = ddim.ddim_step(x, ddim.eps_from_denoised(x, denoised, sig[i]), sig[i], sig[i + 1])
+        if callback is not None:
+            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
+    return x
+
+
+INVERT_SAMPLER = comfy.samplers.KSAMPLER(sample_fastdrag_invert)
+DDIM_SAMPLER = comfy.samplers.KSAMPLER(sample_fastdrag_ddim)
+
+
+def zero_conditioning(positive):
+    """A negative for cfg = 1 runs without one (never evaluated then; like ConditioningZeroOut)."""
+    out = []
+    for emb, opts in positive:
+        o = dict(opts)
+        if o.get("pooled_output") is not None:
+            o["pooled_output"] = torch.zeros_like(o["pooled_output"])
+        out.append([torch.zeros_like(emb), o])
+    return out

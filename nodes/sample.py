@@ -1,0 +1,98 @@
+"""FastDragSample: DDIM from the edit timestep to 0, replacing decoder attn1 K/V with the captured ones."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+from comfy_api.latest import io, ui
+
+import comfy.sample
+import comfy.utils
+
+from ..fastdrag_core.kv import KVPolicy, KVStore
+from .invert import check_latent, warn_noise_mask
+from .patches import DDIM_SAMPLER, KVRun, check_eps_discrete, decoder_attn1_sites, patch_model, zero_conditioning
+from .types import LATENT_TAG, FastDragKV
+
+log = logging.getLogger(__name__)
+NODE = "FastDragSample"
+
+
+def check_kv_matches(kv, latent, model, node: str = NODE):
+    """The K/V must come from an inversion of this latent's resolution, schedule and model schedule."""
+    if not isinstance(kv, KVStore) or not kv.frozen or kv.schedule is None:
+        raise ValueError(f"{node}: kv is not a FASTDRAG_KV from FastDragInvert (got {type(kv).__name__})")
+    sched = kv.schedule
+    samples = check_latent(latent, node)
+    if tuple(samples.shape) != sched.latent_shape:
+        raise ValueError(f"{node}: latent is {list(samples.shape)} but kv was captured on a "
+                         f"{list(sched.latent_shape)} latent (another resolution/batch); connect the kv "
+                         "and latent of the same FastDragInvert")
+    tag = latent.get(LATENT_TAG)
+    if isinstance(tag, dict) and tag.get("schedule") is not None and not tag["schedule"].same_as(sched):
+        raise ValueError(f"{node}: latent was inverted with {tag['schedule'].describe()} but kv was "
+                         f"captured with {sched.describe()} (another schedule); connect the kv and latent "
+                         "of the same FastDragInvert")
+    ms = check_eps_discrete(model, node)
+    for t, s in zip(sched.timesteps, sched.sigmas):
+        if not math.isclose(float(ms.sigmas[t]), s, rel_tol=1e-4):
+            raise ValueError(f"{node}: the model's sigma at t={t} is {float(ms.sigmas[t]):.5f} but kv was "
+                             f"captured at {s:.5f}: kv from a model with another noise schedule")
+    return samples
+
+
+class FastDragSample(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="FastDragSample",
+            display_name="FastDrag Sample (DDIM + K/V injection)",
+            category="FastDrag/sampling",
+            description="DDIM from the edit timestep down to a clean latent on the K/V's schedule, "
+                        "replacing decoder self-attention K/V with the captured ones (consistency).",
+            inputs=[
+                io.Model.Input("model", tooltip="The model used for FastDragInvert (patches apply)."),
+                io.Conditioning.Input("positive", tooltip="Prompt conditioning (as in FastDragInvert)."),
+                io.Latent.Input("latent", tooltip="The edited noisy latent (FastDragBNNI / FastDragWarp)."),
+                FastDragKV.Input("kv", tooltip="K/V from FastDragInvert; also fixes the schedule."),
+                io.Float.Input("cfg", default=1.0, min=0.0, max=30.0, step=0.1, round=0.01,
+                               tooltip="Classifier-free guidance (official: 1). With cfg != 1 and K/V "
+                                       "captured at cfg 1, the negative pass reuses the positive K/V."),
+                io.Boolean.Input("consistency", default=True,
+                                 tooltip="Consistency-preserving strategy: replace decoder self-attention "
+                                         "K/V with the inversion's at the same timestep. Off = plain DDIM."),
+                io.Conditioning.Input("negative", optional=True,
+                                      tooltip="Negative conditioning, used only when cfg != 1."),
+            ],
+            outputs=[io.Latent.Output("latent", display_name="latent", tooltip="The edited clean latent.")],
+        )
+
+    @classmethod
+    def execute(cls, model, positive, latent, kv, cfg, consistency, negative=None) -> io.NodeOutput:
+        samples = check_kv_matches(kv, latent, model)
+        sched = kv.schedule
+        sigmas = torch.tensor(sched.sigmas)
+        run = KVRun("inject", kv, sched, KVPolicy(enabled=bool(consistency)))
+        m = patch_model(model, run, decoder_attn1_sites(model, NODE)) if consistency else model
+        if negative is None:
+            negative = zero_conditioning(positive)
+        pbar = comfy.utils.ProgressBar(len(sched.timesteps))
+
+        def callback(step, x0, x, total):
+            pbar.update_absolute(step + 1, total)
+
+        warn_noise_mask(latent, NODE)
+        out = comfy.sample.sample_custom(m, torch.zeros_like(samples), cfg, DDIM_SAMPLER, sigmas, positive,
+                                         negative, samples, callback=callback, disable_pbar=True, seed=0)
+        msg = (f"sampled t={sched.edit_timestep} -> 0 in {len(sched.timesteps)} steps; "
+               + (run.stats.describe() if consistency else "consistency off"))
+        if consistency and (run.stats.misses or run.unexpected_sigmas):
+            log.warning("[FastDrag] %s: %s; missing entries e.g. %s, unexpected sigmas %s", NODE, msg,
+                        run.stats.missed_keys[:3], sorted(run.unexpected_sigmas))
+        else:
+            log.info("[FastDrag] %s: %s", NODE, msg)
+        out_latent = {k: v for k, v in latent.items() if k != LATENT_TAG}
+        out_latent["samples"] = out
+        return io.NodeOutput(out_latent, ui=ui.PreviewText(msg))
