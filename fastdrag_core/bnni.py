@@ -172,27 +172,23 @@ def _official_neighbour_wavefront(flat, cell, nb, ni, nj, valued, w_r, w_d, p_r,
         return False
     zero_cell = flat.shape[0]  # an extra all-zero row: the "reference" of a missing direction
     flat_z = np.concatenate([flat, np.zeros((1, flat.shape[1]), flat.dtype)])
+    # Left/up references sit at k = 1, so their weight is 1 (ref * 1 is exact) or absent (the zero row).
     src_left = np.where(nj > 0, cell - 1, zero_cell)
     src_up = np.where(ni > 0, cell - width, zero_cell)
-    w_l = (nj > 0).astype(np.float64)
-    w_u = (ni > 0).astype(np.float64)
-    total = (((w_l + w_r) + w_u) + w_d).astype(opmath)[:, None]
+    total = (((((nj > 0) + w_r) + (ni > 0)) + w_d)).astype(opmath)[:, None]  # left, right, up, down
     diag = ni + nj
     by_diag = np.argsort(diag, kind="stable")
     bounds = np.flatnonzero(np.diff(diag[by_diag])) + 1
     src = np.stack([src_left, src_up], axis=1)[by_diag]
-    weights = np.stack([w_l, w_u], axis=1).astype(opmath)[by_diag][:, :, None]
     cell_d, p_r_d, p_d_d, total_d = cell[by_diag], p_r[by_diag], p_d[by_diag], total[by_diag]
     start = 0
-    for stop in list(bounds) + [len(by_diag)]:
-        refs = rnd(flat_z[src[start:stop]] * weights[start:stop])  # [m, 2, C]: (1/k) * ref, left and up
-        acc = rnd(rnd(rnd(opmath(0) + refs[:, 0]) + p_r_d[start:stop]) + refs[:, 1])
-        acc = rnd(acc + p_d_d[start:stop])
-        value = rnd(acc / total_d[start:stop])
-        if not value[:, 0].all():
-            return False
-        flat_z[cell_d[start:stop]] = value
+    for stop in [*bounds.tolist(), len(by_diag)]:
+        refs = flat_z[src[start:stop]]  # [m, 2, C]: left and up neighbours, already final
+        acc = rnd(rnd(rnd(refs[:, 0] + p_r_d[start:stop]) + refs[:, 1]) + p_d_d[start:stop])
+        flat_z[cell_d[start:stop]] = rnd(acc / total_d[start:stop])
         start = stop
+    if not flat_z[cell, 0].all():
+        return False  # a fill came out with channel 0 == 0: it is no reference for later cells
     flat[cell] = flat_z[cell]
     return True
 
