@@ -164,6 +164,11 @@ class DragEditor {
   // -------------------------------------------------------------------------------- state
   get text() { return this.pointsWidget?.value ?? ""; }
 
+  /** The points input is fed by a link (widget converted to an input): the widget is not used. */
+  pointsLinked() {
+    return this.node.inputs?.find((i) => i.name === POINTS_WIDGET)?.link != null;
+  }
+
   /** Current drags, in the current image's pixels (scaled when placed on another size). */
   state() {
     const text = this.text;
@@ -637,6 +642,7 @@ class DragEditor {
   statusText(s, L) {
     if (s.error) return s.error + " (Clear to start over)";
     if (this.message) return this.message;
+    if (this.pointsLinked()) return "points come from a link: edits here do not reach the node";
     const parts = [`${L.W}×${L.H}`, `${s.drags.length} drag${s.drags.length === 1 ? "" : "s"}`];
     if (s.scaled) parts.push("points rescaled from " + `${this.parsed.width}×${this.parsed.height}`);
     const p = this.preview;
