@@ -383,7 +383,7 @@ async def example_scenario(cdp, args, R):
     await cdp.click(*await pixel(cdp, *b))
     await asyncio.sleep(0.1)
     R["points_after"] = await cdp.js(POINTS)
-    await shoot(cdp, args, "example_workflow.png")
+    await shoot(cdp, args, "example_" + os.path.splitext(os.path.basename(args.example))[0] + ".png")
 
 
 async def main_async(args):
