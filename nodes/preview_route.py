@@ -2,6 +2,8 @@
 
 Registered on PromptServer.instance.routes when this module is imported (once, from the pack's
 root ``__init__.py``); ComfyUI serves it at ``/fastdrag/preview`` and ``/api/fastdrag/preview``.
+Also GET ``/fastdrag/image?filename=&subfolder=&type=``: the picture exactly as LoadImage reads
+it (EXIF orientation applied, RGB), which the editor draws and places points on.
 
 Body (JSON): ``{"image": {"filename", "subfolder", "type"}, "points": "<points JSON>",
 "mask": null | {"filename", "subfolder", "type", "channel"}, "holes": true}`` with ``type`` one of
@@ -29,11 +31,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 import folder_paths
 from server import PromptServer
 
-from ..fastdrag_core.preview import (PreviewRequestError, parse_preview_request, resolve_in_folder,
-                                     warp_preview)
+from ..fastdrag_core.preview import (PreviewRequestError, parse_file_ref, parse_preview_request,
+                                     resolve_in_folder, warp_preview)
 
 log = logging.getLogger(__name__)
 ROUTE = "/fastdrag/preview"
+IMAGE_ROUTE = "/fastdrag/image"
 MAX_BODY = 1 << 20
 _CACHE: OrderedDict = OrderedDict()  # (path, mtime_ns, size, what) -> tensor; a few decoded files
 _CACHE_SIZE = 6
@@ -118,6 +121,22 @@ def render_preview(body) -> tuple[bytes, dict]:
 
 def _bad(message: str, status: int = 400):
     return web.json_response({"error": message}, status=status)
+
+
+@PromptServer.instance.routes.get(IMAGE_ROUTE)
+async def fastdrag_image(request: web.Request):
+    """The picture as LoadImage reads it (EXIF orientation applied, alpha dropped), as PNG, so the
+    editor places points on exactly the pixels the node gets. Query: filename, subfolder, type."""
+    q = request.rel_url.query
+    try:
+        ref = parse_file_ref({"filename": q.get("filename"), "subfolder": q.get("subfolder", ""),
+                              "type": q.get("type", "input")}, "image")
+        path = resolve_in_folder(_folder(ref.type), ref)
+        png = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: to_png(_cached(path, "rgb", load_rgb)))
+    except PreviewRequestError as e:
+        return _bad(str(e))
+    return web.Response(body=png, content_type="image/png", headers={"Cache-Control": "no-cache"})
 
 
 @PromptServer.instance.routes.post(ROUTE)

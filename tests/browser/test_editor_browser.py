@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import zlib
 
@@ -213,6 +214,36 @@ def test_preview_route_mask_channels(server):
     status, _, body, _ = post(server["url"], {"image": IMG, "mask": {"filename": "mask_small.png", "channel": "red"},
                                               "points": pts})
     assert status == 400 and "does not match" in json.loads(body)["error"]
+
+
+def png_size(data):
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", data[16:24])
+
+
+def get_image(url, **query):
+    q = urllib.parse.urlencode(query)
+    try:
+        with urllib.request.urlopen(f"{url}/fastdrag/image?{q}", timeout=30) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def test_image_route_serves_what_loadimage_reads(server):
+    """EXIF orientation applied (a phone photo), alpha dropped; escapes refused."""
+    jpg = server["run"] / "input" / "rotated.jpg"
+    subprocess.run([PY, "-c", "from PIL import Image; im = Image.new('RGB', (40, 20), (200, 30, 30)); "
+                    "ex = im.getexif(); ex[0x0112] = 6; im.save(r'%s', exif=ex)" % jpg], check=True)
+    status, body = get_image(server["url"], filename="rotated.jpg", type="input")
+    assert status == 200 and png_size(body) == (20, 40)
+    status, body = get_image(server["url"], filename=IMAGE_NAME)
+    assert status == 200 and png_size(body) == (W, H)
+    assert body[25] == 2  # colour type RGB: the alpha (LoadImage's mask) is not in the picture
+    for bad in ({"filename": "../../../etc/passwd"}, {"filename": "passwd", "subfolder": "/etc"},
+                {"filename": IMAGE_NAME, "type": "models"}, {}):
+        status, body = get_image(server["url"], **bad)
+        assert status == 400 and json.loads(body)["error"], bad
 
 
 def test_preview_route_rejects_non_image_in_input(server):

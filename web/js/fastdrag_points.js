@@ -11,7 +11,7 @@
 // Controls: click = handle, next click = its target; drag a point to move it; right-click a point
 // (or select it and press Delete) removes its pair; Undo (this editor's steps) and Clear; Esc
 // cancels a lone handle. Ctrl+Z is ComfyUI's own graph undo, which restores the points text too:
-// every edit ends with a mouseup, on which ComfyUI's change tracker records the graph state.
+// each edit (a whole point drag included) is reported to its change tracker as one change.
 
 import { canvasToImage, fitLayout, formatPoints, imageToCanvas, parseAnnotated, parsePoints, scaleDrags }
   from "./fastdrag_points_model.js";
@@ -29,11 +29,13 @@ const PREVIEW_DEBOUNCE_MS = 40;
 const MAX_UNDO = 100;
 
 const refKey = (r) => (r ? `${r.type}/${r.subfolder}/${r.filename}` : "");
-// channel=rgb: the picture without its alpha (LoadImage keeps the mask in alpha; painted areas
-// would otherwise show as holes). The mask overlay reads the file with its alpha.
-const viewURL = (r, channel) =>
-  api.apiURL(`/view?filename=${encodeURIComponent(r.filename)}&subfolder=${encodeURIComponent(r.subfolder || "")}` +
-             `&type=${encodeURIComponent(r.type || "input")}` + (channel ? `&channel=${channel}` : ""));
+const query = (r) => `filename=${encodeURIComponent(r.filename)}&subfolder=${encodeURIComponent(r.subfolder || "")}` +
+  `&type=${encodeURIComponent(r.type || "input")}`;
+// The picture as LoadImage reads it (EXIF orientation applied, alpha dropped: LoadImage keeps the
+// mask in alpha, painted areas would otherwise show as holes), served by the pack's route.
+const imageURL = (r) => api.apiURL(`/fastdrag/image?${query(r)}`);
+// The mask overlay reads the file itself, alpha included.
+const viewURL = (r) => api.apiURL(`/view?${query(r)}`);
 
 // ---------------------------------------------------------------------------------------------
 // graph helpers
@@ -46,7 +48,7 @@ function linkOf(graph, id) {
 /** The node and output slot feeding `inputName` of `node`, through legacy Reroute nodes. */
 function upstream(node, inputName) {
   const graph = node.graph;
-  let input = node.inputs?.find((i) => i.name === inputName);
+  const input = node.inputs?.find((i) => i.name === inputName);
   let link = linkOf(graph, input?.link);
   for (let hops = 0; link && hops < 16; hops++) {
     const origin = graph.getNodeById(link.origin_id);
@@ -317,7 +319,7 @@ class DragEditor {
       this.message = `could not load ${ref.filename} (${ref.type})`;
       this.draw();
     };
-    img.src = viewURL(ref, "rgb");
+    img.src = imageURL(ref);
     this.draw();
   }
 
