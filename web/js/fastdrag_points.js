@@ -592,9 +592,10 @@ class DragEditor {
     ctx.imageSmoothingEnabled = !showPreview;  // preview cells stay visible as cells
     ctx.drawImage(showPreview ? p.img : this.image, L.ox, L.oy, L.W * L.s, L.H * L.s);
     ctx.imageSmoothingEnabled = true;
-    if (!showPreview && this.mask?.overlay) {
+    const overlay = this.mask?.overlay;
+    if (!showPreview && overlay && overlay.width === L.W && overlay.height === L.H) {
       ctx.globalAlpha = 0.5;
-      ctx.drawImage(this.mask.overlay, L.ox, L.oy, L.W * L.s, L.H * L.s);
+      ctx.drawImage(overlay, L.ox, L.oy, L.W * L.s, L.H * L.s);
       ctx.globalAlpha = 1;
     }
     if (!s.error) {
