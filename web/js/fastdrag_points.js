@@ -332,6 +332,7 @@ class DragEditor {
     img.onload = () => {
       if (this.mask !== current || this.dead) return;
       current.overlay = maskOverlay(img, mask.channel);
+      current.empty = !current.overlay;
       this.draw();
     };
     img.onerror = () => {};  // no overlay; the preview route reports real problems
@@ -648,6 +649,7 @@ class DragEditor {
     if (this.pointsLinked()) return "points come from a link: edits here do not reach the node";
     const parts = [`${L.W}×${L.H}`, `${s.drags.length} drag${s.drags.length === 1 ? "" : "s"}`];
     if (s.scaled) parts.push("points rescaled from " + `${this.parsed.width}×${this.parsed.height}`);
+    if (this.mask?.empty) parts.push("the connected mask is empty: paint it (mask editor) or disconnect it");
     const p = this.preview;
     if (p.on) {
       if (p.error) parts.push(`preview: ${p.error}`);
