@@ -282,18 +282,16 @@ class DragEditor {
     const ref = this.useRun && this.runImageRef ? this.runImageRef : graphRef ?? this.runImageRef;
     if (refKey(ref) !== refKey(this.imageRef)) this.loadImage(ref);
 
-    let mask = null;
-    if (this.useRun && this.runMaskRef) {
-      mask = { ref: this.runMaskRef, channel: "red" };
-    } else {
-      const m = upstream(this.node, "mask");
-      if (m) {
-        const mref = loaderRef(m.node);
-        const channelWidget = m.node.widgets?.find((w) => w.name === "channel");
-        if (mref && channelWidget) mask = { ref: mref, channel: String(channelWidget.value) };
-        else if (mref && m.slot === 1) mask = { ref: mref, channel: "alpha" };  // LoadImage's MASK
-        else if (this.runMaskRef) mask = { ref: this.runMaskRef, channel: "red" };
-      }
+    let mask = null;  // nothing connected to `mask`: the whole image is editable
+    const m = upstream(this.node, "mask");
+    if (m && this.useRun && this.runMaskRef) {
+      mask = { ref: this.runMaskRef, channel: "red" };  // what the node got, sent back after a run
+    } else if (m) {
+      const mref = loaderRef(m.node);
+      const channelWidget = m.node.widgets?.find((w) => w.name === "channel");
+      if (mref && channelWidget) mask = { ref: mref, channel: String(channelWidget.value) };  // LoadImageMask
+      else if (mref && m.slot === 1) mask = { ref: mref, channel: "alpha" };  // LoadImage's MASK
+      else if (this.runMaskRef) mask = { ref: this.runMaskRef, channel: "red" };
     }
     const mkey = mask ? `${refKey(mask.ref)}#${mask.channel}` : "";
     if (mkey !== (this.mask?.key ?? "")) this.loadMask(mask, mkey);
