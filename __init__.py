@@ -1,6 +1,6 @@
 """ComfyUI entry point of the FastDrag node pack (V3 node API).
 
-ComfyUI imports this file as a package; pytest never does (``tests/conftest.py`` keeps the repo
+ComfyUI imports this file as a package; pytest never does (the root ``conftest.py`` keeps the repo
 root out of collection, and nothing here is needed by the unit tests). Only ``WEB_DIRECTORY`` and
 ``comfy_entrypoint`` are exported: a ``NODE_CLASS_MAPPINGS`` here would make ComfyUI ignore the
 entry point.
