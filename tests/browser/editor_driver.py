@@ -128,6 +128,13 @@ async def pixel(cdp, x, y):
     return p["x"], p["y"]
 
 
+async def center(cdp, element):
+    """Viewport centre of an editor element (e.g. "undoButton"), once it is laid out."""
+    expr = (f"(() => {{ const r = {ED}.{element}.getBoundingClientRect();"
+            " return r.width > 0 && r.height > 0 && [r.x + r.width / 2, r.y + r.height / 2]; })()")
+    return await cdp.wait(expr, timeout=10)
+
+
 async def find_node(cdp):
     """Bind window.__fd to the FastDragPoints node; True once its editor shows an image."""
     return await cdp.js("(() => { const n = window.comfyAPI.app.app.graph.nodes.find(n => n.type === 'FastDragPoints');"
@@ -202,7 +209,7 @@ async def scenario(cdp, args, R):
     await cdp.click(*await pixel(cdp, *SECOND[0]), button="right")
     await asyncio.sleep(0.1)
     R["drags_after_right_click"] = len((await cdp.js(POINTS))["drags"])
-    ub = await cdp.js(f"(() => {{ const r = {ED}.undoButton.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; }})()")
+    ub = await center(cdp, "undoButton")
     await cdp.click(*ub)
     await asyncio.sleep(0.1)
     R["drags_after_undo"] = len((await cdp.js(POINTS))["drags"])
@@ -281,7 +288,7 @@ async def scenario(cdp, args, R):
     await shoot(cdp, args, "editor_node.png", node=True)
 
     # ---- warp preview: toggle it on with a click, an image arrives; a drag updates it
-    tg = await cdp.js(f"(() => {{ const r = {ED}.previewToggle.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; }})()")
+    tg = await center(cdp, "previewToggle")
     t_click = time.time()
     await cdp.click(*tg)
     await cdp.wait(f"{ED}.preview.img && {ED}.preview.count >= 1", timeout=15, every=0.02)
@@ -319,10 +326,15 @@ async def scenario(cdp, args, R):
     await cdp.drag(await pixel(cdp, *EXTERNAL[1]), await pixel(cdp, EXTERNAL[1][0] + 6, EXTERNAL[1][1] + 4), steps=3)
     await asyncio.sleep(0.2)
     before = await cdp.js(POINTS)
-    cb = await cdp.js(f"(() => {{ const r = {ED}.clearButton.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; }})()")
+    cb = await center(cdp, "clearButton")
     await cdp.click(*cb)
     await asyncio.sleep(0.1)
     R["drags_after_clear"] = len((await cdp.js(POINTS))["drags"])
+    if args.no_graph_undo:  # (the Vue node renderer keeps the old node's widget element after it)
+        await asyncio.sleep(0.3)
+        await cdp.js("window.__fdEd = null; true")
+        R["removed"] = None
+        return
     # Ctrl+Z in the editor is ComfyUI's graph undo: it reloads the graph with the points before Clear
     await cdp.js(f"{ED}.root.focus(); true")
     for kind in ("rawKeyDown", "keyUp"):
@@ -334,11 +346,15 @@ async def scenario(cdp, args, R):
             break
     R["ctrl_z_restores"] = (await cdp.js(POINTS)) == before
     R["drags_drawn_after_ctrl_z"] = await cdp.js(f"{ED}.state().drags.length")
-    jb = await cdp.js(f"(() => {{ const r = {ED}.jsonButton.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; }})()")
+    R["editor_mounted_after_ctrl_z"] = await cdp.js(f"document.contains({ED}.root)")
+    jb = await center(cdp, "jsonButton")
     await cdp.click(*jb)
     await asyncio.sleep(0.2)
     R["json_shown"] = await cdp.js("!window.__fd.widgets.find(w => w.name === 'points').hidden")
+
     await cdp.click(*jb)
+    await asyncio.sleep(0.3)
+    await find_node(cdp)
 
     # ---- removal cleans up
     await cdp.js(f"window.__fdEd = {ED}; app.graph.remove(window.__fd); true")
@@ -435,6 +451,8 @@ def main():
     ap.add_argument("--url", required=True)
     ap.add_argument("--workflow", help="UI-format workflow with a FastDragPoints node (the full scenario)")
     ap.add_argument("--example", help="instead: a shipped example workflow (short scenario)")
+    ap.add_argument("--no-graph-undo", action="store_true",
+                    help="stop after Clear: no Ctrl+Z (graph undo), JSON toggle or removal steps")
     ap.add_argument("--out-dir", required=True)
     ap.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
     args = ap.parse_args()

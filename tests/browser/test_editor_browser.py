@@ -254,6 +254,10 @@ def test_preview_route_rejects_non_image_in_input(server):
 
 def drive(server, name, *args):
     os.makedirs(ARTIFACTS, exist_ok=True)
+    # a fresh execution cache: a prompt equal to an earlier one would not execute (nor send its image)
+    req = urllib.request.Request(f"{server['url']}/free", data=b'{"free_memory": true}', method="POST",
+                                 headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(req, timeout=10).read()
     proc = subprocess.run([PY, os.path.join(HERE, "editor_driver.py"), "--url", server["url"], "--out-dir", ARTIFACTS,
                            "--chromium", CHROMIUM, *args], capture_output=True, text=True, timeout=400)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -307,8 +311,31 @@ def test_example_workflow_in_browser(server, path):
     assert abs(after[-1]["target"][0] - b[0]) <= 1 and abs(after[-1]["target"][1] - b[1]) <= 1
 
 
+def set_setting(url, key, value):
+    req = urllib.request.Request(f"{url}/settings/{key}", data=json.dumps(value).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(req, timeout=10).read()
+
+
 def test_editor_in_browser(server):
-    R = drive(server, "editor_browser", "--workflow", os.path.join(HERE, "editor_workflow.json"))
+    check_editor_scenario(drive(server, "editor_browser", "--workflow", os.path.join(HERE, "editor_workflow.json")))
+
+
+def test_editor_in_browser_vue_nodes(server):
+    """The same with the front end's experimental Vue node renderer ("Nodes 2.0", a setting in
+    1.35.9), up to Clear. Known limitation: after ComfyUI's graph undo (Ctrl+Z) that renderer keeps
+    showing the removed node's widget element, so the editor stops responding until the workflow is
+    reloaded; those steps are left out here."""
+    set_setting(server["url"], "Comfy.VueNodes.Enabled", True)
+    try:
+        R = drive(server, "editor_browser_vue", "--workflow", os.path.join(HERE, "editor_workflow.json"),
+                  "--no-graph-undo")
+    finally:
+        set_setting(server["url"], "Comfy.VueNodes.Enabled", False)
+    check_editor_scenario(R, graph_undo=False)
+
+
+def check_editor_scenario(R, graph_undo=True):
 
     def near(p, q):
         return abs(p[0] - q[0]) <= 1 and abs(p[1] - q[1]) <= 1
@@ -349,7 +376,10 @@ def test_editor_in_browser(server):
     assert R["preview_first_s"] < 1.5 and R["preview_after_drag_s"] < 2.0
     assert near(R["points_after_second_drag"]["drags"][0]["target"], (200, 90))
     assert R["drags_drawn_after_external_edit"] == 2
-    assert R["drags_after_clear"] == 0 and R["ctrl_z_restores"] and R["drags_drawn_after_ctrl_z"] == 2
+    assert R["drags_after_clear"] == 0
+    if not graph_undo:
+        return
+    assert R["ctrl_z_restores"] and R["drags_drawn_after_ctrl_z"] == 2 and R["editor_mounted_after_ctrl_z"]
     assert R["json_shown"]
     assert R["removed"] == {"dead": True, "canvas_in_document": False, "editor_on_node": False}
     print(f"preview: first {R['preview_first_s']} s after the toggle click, {R['preview_after_drag_s']} s after a drag "

@@ -130,7 +130,8 @@ class DragEditor {
     bar.append(this.status);
     const canvas = document.createElement("canvas");
     canvas.className = "fastdrag-canvas";
-    canvas.style.cssText = "flex:1 1 auto;min-height:0;width:100%;display:block;border-radius:4px;" +
+    // min-height: where the widget's box has no fixed height (the Vue node renderer), keep a canvas
+    canvas.style.cssText = "flex:1 1 auto;min-height:180px;width:100%;display:block;border-radius:4px;" +
       "background:#1b1b1b;touch-action:none;cursor:crosshair";
     root.append(bar, canvas);
     this.root = root;
@@ -145,6 +146,8 @@ class DragEditor {
     on(root, "keydown", (e) => this.onKeyDown(e));
     this.resizeObserver = new ResizeObserver(() => this.draw());
     this.resizeObserver.observe(canvas);
+    // sync() also runs on every LiteGraph redraw of the node; the Vue node renderer draws none
+    this.syncTimer = setInterval(() => this.sync(), 250);
 
     this.widget = this.node.addDOMWidget(EDITOR_WIDGET, "FASTDRAG_EDITOR", root, {
       serialize: false,     // not in the prompt
@@ -158,9 +161,15 @@ class DragEditor {
 
   toggleJson() {
     if (!this.pointsWidget) return;
-    this.pointsWidget.hidden = !this.pointsWidget.hidden;
+    this.setJsonShown(!!this.pointsWidget.hidden);
     this.node.setSize?.([this.node.size[0], Math.max(this.node.size[1], this.node.computeSize?.()[1] ?? 0)]);
     this.node.setDirtyCanvas?.(true, true);
+  }
+
+  setJsonShown(shown) {
+    const w = this.pointsWidget;
+    w.hidden = !shown;                      // the LiteGraph canvas renderer
+    if (w.options) w.options.hidden = !shown;  // the Vue node renderer
   }
 
   // -------------------------------------------------------------------------------- state
@@ -272,6 +281,7 @@ class DragEditor {
   // -------------------------------------------------------------------------------- sources
   /** Called on every node redraw: follow the graph (LoadImage choice, links) cheaply. */
   sync() {
+    if (this.dead || !this.node.graph) return;
     const up = upstream(this.node, "image");
     const graphRef = up ? loaderRef(up.node) : null;
     const key = refKey(graphRef);
@@ -669,6 +679,7 @@ class DragEditor {
   destroy() {
     this.endChange();
     this.dead = true;
+    clearInterval(this.syncTimer);
     this.resizeObserver?.disconnect();
     clearTimeout(this.preview.timer);
     this.clearPreviewImage();
@@ -735,7 +746,7 @@ function extension() { return {
     chain("onNodeCreated", function () {
       const editor = new DragEditor(this);
       this.fastdragEditor = editor;
-      if (editor.pointsWidget) editor.pointsWidget.hidden = true;  // edited through the canvas
+      if (editor.pointsWidget) editor.setJsonShown(false);  // edited through the canvas
       const [w, h] = this.size;
       this.setSize([Math.max(w, 360), Math.max(h, 400)]);
     });
