@@ -96,4 +96,9 @@ class FastDragPoints(io.ComfyNode):
     def execute(cls, image, points, mask=None) -> io.NodeOutput:
         spec = to_drag_spec(image, points, mask)
         log.info("[FastDrag] FastDragPoints: %r", spec)
-        return io.NodeOutput(spec, ui=ui.PreviewImage(image, cls=cls))
+        # The points editor (web/js/fastdrag_points.js) shows these; a custom key keeps ComfyUI's
+        # generic image preview from drawing a second copy of the picture under the editor.
+        shown = {"fastdrag_image": ui.PreviewImage(image, cls=cls).values}
+        if spec.mask is not None:
+            shown["fastdrag_mask"] = ui.PreviewMask(spec.mask[None].float(), cls=cls).values
+        return io.NodeOutput(spec, ui=shown)
