@@ -60,7 +60,10 @@ def _point(value, where: str) -> Point:
     if (not isinstance(value, (list, tuple)) or len(value) != 2
             or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
         raise ValueError(f"points: {where} must be [x, y] with two numbers, got {value!r}")
-    x, y = float(value[0]), float(value[1])
+    try:
+        x, y = float(value[0]), float(value[1])
+    except OverflowError:
+        raise ValueError(f"points: {where} = {value!r} is too large") from None
     if not (math.isfinite(x) and math.isfinite(y)):
         raise ValueError(f"points: {where} = {value!r} is not finite")
     return x, y
@@ -70,7 +73,8 @@ def _size(obj: dict, key: str) -> int | None:
     value = obj.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value <= 0:
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or value != int(value) or value <= 0 or value > 1 << 20):
         raise ValueError(f"points: '{key}' must be a positive whole number of pixels, got {value!r}")
     return int(value)
 
@@ -165,3 +169,49 @@ def image_mask_to_latent(mask: torch.Tensor, latent_hw) -> torch.Tensor:
                         align_corners=False, antialias=False)
     out = lat[:, 0] > 0
     return out[0] if mask.dim() == 2 else out
+
+
+LATENT_FACTOR = 8  # VAE downscale of SD1.x: one latent cell per 8x8 pixels
+
+
+def vae_crop(image_hw) -> tuple[int, int, int, int]:
+    """The centred crop VAEEncode applies to an image that is not a multiple of 8.
+
+    Returns:
+        (y0, x0, height, width) of the kept region: height = floor(H/8)*8, y0 = (H mod 8) // 2.
+    """
+    height, width = int(image_hw[0]), int(image_hw[1])
+    kept_h, kept_w = height // LATENT_FACTOR * LATENT_FACTOR, width // LATENT_FACTOR * LATENT_FACTOR
+    return (height % LATENT_FACTOR) // 2, (width % LATENT_FACTOR) // 2, kept_h, kept_w
+
+
+def drag_to_latent(points: DragPoints, mask, image_hw):
+    """Drag points and mask of an image -> the latent grid VAEEncode makes of it.
+
+    Crops like VAEEncode (:func:`vae_crop`), shifts the points with the crop, then applies the
+    official rules (:func:`image_points_to_latent`, :func:`image_mask_to_latent`).
+
+    Args:
+        points: drags in pixels of this image (already :meth:`DragPoints.scaled_to` it).
+        mask: [H, W] image mask or None.
+        image_hw: (H, W) of the image.
+    Returns:
+        (handles, targets) float32 [N, 2] latent-grid (x, y), and the bool [h, w] latent mask (or None).
+    Raises:
+        ValueError: a point falls outside the cropped image (the message gives the crop).
+    """
+    y0, x0, kept_h, kept_w = vae_crop(image_hw)
+    shifted = DragPoints(tuple((x - x0, y - y0) for x, y in points.handles),
+                         tuple((x - x0, y - y0) for x, y in points.targets), kept_w, kept_h)
+    try:
+        check_points_in_image(shifted, kept_w, kept_h)
+    except ValueError as exc:
+        raise ValueError(f"after VAEEncode's centred crop of {int(image_hw[1])}x{int(image_hw[0])} to "
+                         f"{kept_w}x{kept_h} (offset x={x0}, y={y0}): {exc}") from None
+    handles, targets = shifted.as_tensors()
+    latent_hw = (kept_h // LATENT_FACTOR, kept_w // LATENT_FACTOR)
+    lat_mask = None
+    if mask is not None:
+        lat_mask = image_mask_to_latent(mask[..., y0:y0 + kept_h, x0:x0 + kept_w], latent_hw)
+    return (image_points_to_latent(handles, (kept_h, kept_w)),
+            image_points_to_latent(targets, (kept_h, kept_w)), lat_mask)

@@ -152,7 +152,7 @@ def warp_preview(image: torch.Tensor, points, mask: torch.Tensor | None = None, 
         PreviewRequestError: a point outside the image, an image smaller than one latent cell.
     """
     from . import bnni_fill, lwf_warp
-    from .points import check_points_in_image, image_mask_to_latent, image_points_to_latent
+    from .points import check_points_in_image, drag_to_latent, vae_crop
 
     if image.ndim != 3 or image.shape[-1] != 3:
         raise PreviewRequestError(f"image: expected [H, W, 3], got {tuple(image.shape)}")
@@ -167,10 +167,8 @@ def warp_preview(image: torch.Tensor, points, mask: torch.Tensor | None = None, 
     except ValueError as e:
         raise PreviewRequestError(_prefixed("points", e)) from None
 
-    x = image.permute(2, 0, 1)[None].float()
-    if (h * LATENT_FACTOR, w * LATENT_FACTOR) != (H, W):  # crop like VAEEncode (centred, to /8)
-        y0, x0 = (H % LATENT_FACTOR) // 2, (W % LATENT_FACTOR) // 2
-        x = x[..., y0:y0 + h * LATENT_FACTOR, x0:x0 + w * LATENT_FACTOR]
+    y0, x0, kept_h, kept_w = vae_crop((H, W))
+    x = image.permute(2, 0, 1)[None].float()[..., y0:y0 + kept_h, x0:x0 + kept_w]  # like VAEEncode
     # +1: pixel values live in 1..2 so no valued cell is exactly 0; the official BNNI order treats
     # channel 0 == 0 as "no value" (quirk Q4), which black / pure blue pixels would otherwise hit.
     # The warp moves values and BNNI averages them (weights sum to 1), so the offset comes back out.
@@ -179,24 +177,21 @@ def warp_preview(image: torch.Tensor, points, mask: torch.Tensor | None = None, 
     if mask is not None and bool((mask > 0).any()):
         if tuple(mask.shape[-2:]) != (H, W):
             raise PreviewRequestError(f"mask: {mask.shape[-1]}x{mask.shape[-2]} does not match the image {W}x{H}")
-        lat_mask = image_mask_to_latent(mask.reshape(H, W), (h, w)).bool()
+        mask = mask.reshape(H, W)
     else:
+        mask = None  # no mask, or an empty one: the whole image, as the preview's status line says
+    try:
+        handles, targets, lat_mask = drag_to_latent(points, mask, (H, W))  # the nodes' mapping
+    except ValueError as e:
+        raise PreviewRequestError(_prefixed("points", e)) from None
+    if lat_mask is None or not bool(lat_mask.any()):
         lat_mask = torch.ones(h, w, dtype=torch.bool)
-
-    n = len(points.handles)
-    if n:
-        handles = image_points_to_latent(torch.tensor(points.handles, dtype=torch.float32), (H, W))
-        targets = image_points_to_latent(torch.tensor(points.targets, dtype=torch.float32), (H, W))
-        warped, null = lwf_warp(lat, torch.as_tensor(handles, dtype=torch.float32),
-                                torch.as_tensor(targets, dtype=torch.float32), lat_mask,
-                                fill="zero", handle_on_cell=handle_on_cell)
-        out = bnni_fill(warped, null, order="official")
-        null = null.reshape(-1, h, w)[0]
-    else:
-        out, null = lat, torch.zeros(h, w, dtype=torch.bool)
+    warped, null = lwf_warp(lat, handles, targets, lat_mask, fill="zero", handle_on_cell=handle_on_cell)
+    out = bnni_fill(warped, null, order="official")
+    null = null.reshape(-1, h, w)[0]
     out = (out[0].permute(1, 2, 0) - 1.0).clamp(0, 1)
     if holes and bool(null.any()):
         tint = torch.tensor(HOLE_TINT, dtype=out.dtype)
         out = torch.where(null[..., None], 0.45 * out + 0.55 * tint, out)
-    info = {"grid": [w, h], "holes": int(null.sum()), "mask_cells": int(lat_mask.sum()), "drags": n}
+    info = {"grid": [w, h], "holes": int(null.sum()), "mask_cells": int(lat_mask.sum()), "drags": len(points.handles)}
     return out, info

@@ -7,8 +7,8 @@ import logging
 import torch
 from comfy_api.latest import io
 
-from ..fastdrag_core import image_mask_to_latent, image_points_to_latent, lwf_warp
-from ..fastdrag_core.points import DragPoints, check_points_in_image
+from ..fastdrag_core import lwf_warp
+from ..fastdrag_core import points as core_points
 from .invert import check_latent
 from .types import DragSpec, FastDragDrag
 
@@ -32,26 +32,16 @@ def drag_to_latent(spec: DragSpec, latent_hw, node: str = "FastDragWarp"):
     if (h, w) != (H // 8, W // 8):
         raise ValueError(f"{node}: the latent is {w}x{h} (an image of {8 * w}x{8 * h} px) but the drag "
                          f"points belong to a {W}x{H} image; give FastDragPoints the image that was encoded")
-    oy, ox = (H % 8) // 2, (W % 8) // 2
-    hc, wc = 8 * h, 8 * w
-    pts = DragPoints(tuple((x - ox, y - oy) for x, y in spec.handles),
-                     tuple((x - ox, y - oy) for x, y in spec.targets), wc, hc)
-    if ox or oy:
-        try:
-            check_points_in_image(pts, wc, hc)
-        except ValueError as e:
-            raise ValueError(f"{node}: after VAEEncode's centred crop of {W}x{H} to {wc}x{hc} "
-                             f"(offset x={ox}, y={oy}): {e}") from None
-    hs, ts = pts.as_tensors()
-    handles = image_points_to_latent(hs, (hc, wc))
-    targets = image_points_to_latent(ts, (hc, wc))
-    if spec.mask is None:
+    try:
+        handles, targets, mask = core_points.drag_to_latent(
+            core_points.DragPoints(spec.handles, spec.targets, W, H), spec.mask, (H, W))
+    except ValueError as e:
+        raise ValueError(f"{node}: {e}") from None
+    if mask is None:
         mask = torch.ones(h, w, dtype=torch.bool)
-    else:
-        mask = image_mask_to_latent(spec.mask[oy:oy + hc, ox:ox + wc], (h, w))
-        if not bool(mask.any()):
-            raise ValueError(f"{node}: the mask ({int(spec.mask.sum())} px) covers no latent cell "
-                             f"at {w}x{h}; paint a larger editable region")
+    elif not bool(mask.any()):
+        raise ValueError(f"{node}: the mask ({int(spec.mask.sum())} px) covers no latent cell "
+                         f"at {w}x{h}; paint a larger editable region")
     return handles, targets, mask
 
 

@@ -98,3 +98,26 @@ def test_points_outside_image_named():
     with pytest.raises(ValueError, match=r"drag 0 target \(600, 40\) is outside the 512x512 image"):
         check_points_in_image(p, 512, 512)
     check_points_in_image(parse_points("[[0, 0], [511.5, 511]]"), 512, 512)
+
+
+def test_huge_numbers_are_value_errors_not_overflow():
+    with pytest.raises(ValueError, match="too large"):
+        parse_points('[[1%s, 2], [3, 4]]' % ("0" * 400))
+    with pytest.raises(ValueError, match="width"):
+        parse_points('{"version": 1, "width": Infinity, "drags": [{"handle": [1, 2], "target": [1, 2]}]}')
+
+
+def test_drag_to_latent_crops_like_vaeencode():
+    from fastdrag_core.points import drag_to_latent, vae_crop
+
+    # 67 x 50 (W x H): VAEEncode keeps 64 x 48 from offset (x=1, y=1)
+    assert vae_crop((50, 67)) == (1, 1, 48, 64)
+    mask = torch.zeros(50, 67)
+    mask[1:9, 1:9] = 1  # exactly latent cell (0, 0) of the cropped image
+    p = parse_points("[[10, 10], [30, 10]]")
+    handles, targets, lat_mask = drag_to_latent(p, mask, (50, 67))
+    # shifted to (9, 9): x_lat = round(9 / 64 * 32) / 4 = round(4.5) / 4 = 1.0 (not 10/67*33 -> 1.25)
+    assert handles.tolist() == [[1.0, 1.0]] and targets.tolist() == [[3.5, 1.0]]  # round(29/2)=14 -> 3.5
+    assert lat_mask.shape == (6, 8) and lat_mask.nonzero().tolist() == [[0, 0]]
+    with pytest.raises(ValueError, match="offset x=1, y=1"):
+        drag_to_latent(parse_points("[[0, 0], [5, 5]]"), None, (50, 67))

@@ -196,3 +196,13 @@ def test_size_not_multiple_of_8_is_cropped_like_vaeencode():
     assert info["grid"] == [8, 6]
     ref = img[1:49, 1:65].reshape(6, 8, 8, 8, 3).mean(dim=(1, 3))
     assert torch.allclose(out, ref, atol=1e-6)
+
+
+def test_crop_shifts_points_like_the_nodes():
+    # A 67x50 image previews exactly like its VAEEncode crop (64x48 at offset 1, 1) with the
+    # points shifted by the crop.
+    img = torch.rand(50, 67, 3)
+    out, _ = warp_preview(img, _points(((20, 20), (36, 14)), ((40, 30), (30, 34)), w=67, h=50), None)
+    crop, _ = warp_preview(img[1:49, 1:65].contiguous(),
+                           _points(((19, 19), (35, 13)), ((39, 29), (29, 33)), w=64, h=48), None)
+    assert torch.equal(out, crop)
