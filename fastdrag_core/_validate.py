@@ -18,7 +18,7 @@ def as_latent(latent, where: str) -> torch.Tensor:
     if latent.dim() != 4:
         raise ValueError(f"{where}: latent must have rank 4 [B, C, H, W], got shape {_shape(latent)}")
     if latent.dtype not in LATENT_DTYPES:
-        raise ValueError(f"{where}: latent dtype must be float32, float16 or bfloat16, got {latent.dtype}")
+        raise ValueError(f"{where}: latent dtype must be float32, float16, bfloat16 or float64, got {latent.dtype}")
     if latent.numel() == 0:
         raise ValueError(f"{where}: latent is empty (shape {_shape(latent)})")
     return latent

@@ -3,7 +3,8 @@ two sampler functions (official DDIM inversion, DDIM) that run through ``comfy.s
 
 Both loops are ordinary k-diffusion sampler functions: the ``model`` they call is ComfyUI's
 wrapped model (KSamplerX0Inpaint -> CFGGuider -> calc_cond_batch -> apply_model), so CFG,
-ControlNet, LoRA, hooks, wrappers, ``noise_mask`` and other patches all apply. The maths of the steps
+ControlNet, LoRA, hooks, wrappers and other model patches all apply. (A latent ``noise_mask`` is
+not passed on: see ``warn_noise_mask`` in ``invert.py``.) The maths of the steps
 lives in ``fastdrag_core.ddim``; what is stored and injected in ``fastdrag_core.kv``.
 """
 
@@ -14,6 +15,7 @@ from typing import Optional
 
 import torch
 
+import comfy.latent_formats
 import comfy.ldm.modules.attention as comfy_attention
 import comfy.model_management
 import comfy.model_sampling
@@ -48,12 +50,18 @@ def decoder_attn1_sites(model_patcher, node: str) -> list[Site]:
 
 
 def check_eps_discrete(model_patcher, node: str):
-    """FastDrag's DDIM maths needs a discrete-time eps-prediction model (SD1.x family)."""
+    """FastDrag's DDIM maths needs a discrete-time eps-prediction model with SD1.x latents."""
     ms = model_patcher.get_model_object("model_sampling")
-    if not isinstance(ms, comfy.model_sampling.EPS) or isinstance(ms, comfy.model_sampling.V_PREDICTION) \
-            or not hasattr(ms, "sigmas") or not hasattr(ms, "log_sigmas"):
-        raise ValueError(f"{node}: model sampling {type(ms).__mro__[1].__name__} is not a discrete-time "
-                         "eps-prediction model; FastDrag needs an SD1.x-family checkpoint")
+    kinds = [k for k in ("IMG_TO_IMG", "X0", "EDM", "V_PREDICTION", "CONST", "EPS")
+             if isinstance(ms, getattr(comfy.model_sampling, k, ()))]
+    prediction = kinds[0] if kinds else type(ms).__name__
+    if prediction != "EPS" or not hasattr(ms, "sigmas") or not hasattr(ms, "log_sigmas"):
+        raise ValueError(f"{node}: this model predicts {prediction} (model sampling {type(ms).__name__}); "
+                         "FastDrag needs a discrete-time eps-prediction SD1.x-family checkpoint")
+    latent_format = model_patcher.get_model_object("latent_format")
+    if not isinstance(latent_format, comfy.latent_formats.SD15):
+        raise ValueError(f"{node}: this model uses {type(latent_format).__name__} latents; FastDrag supports "
+                         "SD1.x-family checkpoints (SD15 latents), not SDXL or newer")
     return ms
 
 

@@ -55,13 +55,13 @@ def to_drag_spec(image: torch.Tensor, points: str, mask: torch.Tensor | None,
             if mm.shape[0] != 1:
                 raise ValueError(f"{node}: mask is a batch of {mm.shape[0]}; give one mask")
             mm = mm[0]
+        if not bool((mm > 0).any()):  # also LoadImage's 64x64 placeholder for a picture without alpha
+            raise ValueError(f"{node}: the mask is empty; paint the region to edit, or leave the mask "
+                             "input unconnected to make the whole image editable")
         if mm.ndim != 2 or tuple(mm.shape) != (height, width):
             raise ValueError(f"{node}: mask size {list(mask.shape)} does not match the image "
                              f"{width}x{height} (need [{height}, {width}] or [1, {height}, {width}])")
         m = (mm > 0).detach().to("cpu", copy=True)
-        if not bool(m.any()):
-            raise ValueError(f"{node}: the mask is empty; paint the region to edit, or leave the mask "
-                             "input unconnected to make the whole image editable")
     return DragSpec(handles=tuple(tuple(map(float, p)) for p in parsed.handles),
                     targets=tuple(tuple(map(float, p)) for p in parsed.targets),
                     width=width, height=height, mask=m)

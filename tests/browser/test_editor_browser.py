@@ -32,7 +32,7 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 PACK = os.environ.get("FASTDRAG_PACK", ROOT)
-PACK_NAME = "ComfyUI-FastDrag"  # a git-clone-like folder name, not the pyproject name: web/ gets served twice
+PACK_NAME = "ComfyUI-FastDrag"  # a git-clone-like folder name, not the pyproject name, as users get it
 PORT = int(os.environ.get("FASTDRAG_BROWSER_PORT", "8201"))
 IMAGE_NAME = "fastdrag_editor_test.png"
 W, H = 320, 224

@@ -57,6 +57,10 @@ def comfy_python(root: str) -> str:
     return venv if os.path.exists(venv) else sys.executable
 
 
+class NoTestCheckpoint(RuntimeError):
+    """No checkpoint to test with and no harness script to build one (the tests skip with this)."""
+
+
 def tiny_checkpoint(root: str, py: str) -> str:
     """Path of the test checkpoint; builds the tiny random SD1.5 one (TAESD VAE) once if needed."""
     ckpt = os.environ.get("FASTDRAG_TEST_CKPT")
@@ -68,7 +72,9 @@ def tiny_checkpoint(root: str, py: str) -> str:
     harness = os.environ.get("COMFY_HARNESS_DIR", os.path.join(os.path.dirname(REPO), "shared", "tools", "comfy-harness"))
     script = os.path.join(harness, "make_tiny_ckpt.py")
     if not os.path.exists(script):
-        raise FileNotFoundError(f"no test checkpoint: set FASTDRAG_TEST_CKPT or COMFY_HARNESS_DIR (no {script})")
+        raise NoTestCheckpoint(f"no test checkpoint: set FASTDRAG_TEST_CKPT to an SD1.5 checkpoint, or "
+                               f"COMFY_HARNESS_DIR to the comfy-harness folder with make_tiny_ckpt.py "
+                               f"(not found: {script})")
     os.makedirs(CACHE, exist_ok=True)
     subprocess.run([py, script, "--comfy-dir", root, "--out", path, "--vae", "taesd"], check=True,
                    stdout=subprocess.DEVNULL)
@@ -121,13 +127,13 @@ class ComfyServer:
                  test_pack: bool = True):
         self.root = root
         self.py = comfy_python(root)
+        ckpt = tiny_checkpoint(root, self.py)  # first: raises NoTestCheckpoint before anything is made
         self.port = port or free_port()
         self.base = tempfile.mkdtemp(prefix=f"fastdrag_it_{self.port}_")
         self.url = f"http://127.0.0.1:{self.port}"
         for d in ("input", "output", "temp", "user", "custom_nodes", "models/checkpoints", "models/loras",
                   "models/controlnet"):
             os.makedirs(os.path.join(self.base, d), exist_ok=True)
-        ckpt = tiny_checkpoint(root, self.py)
         self.ckpt_name = os.path.basename(ckpt)
         os.symlink(ckpt, os.path.join(self.base, "models", "checkpoints", self.ckpt_name))
         os.symlink(REPO, os.path.join(self.base, "custom_nodes", "comfyui-fastdrag"))

@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from comfy_server import ComfyServer, find_comfyui  # noqa: E402
+from comfy_server import ComfyServer, NoTestCheckpoint, find_comfyui  # noqa: E402
 
 ROOT, REASON = find_comfyui()
 
@@ -27,7 +27,10 @@ def pytest_collection_modifyitems(config, items):
 def server():
     if ROOT is None:
         pytest.skip(REASON)
-    srv = ComfyServer(ROOT)
+    try:
+        srv = ComfyServer(ROOT)
+    except NoTestCheckpoint as e:
+        pytest.skip(str(e))
     try:
         srv.wait_ready()
         yield srv

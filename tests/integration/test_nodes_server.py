@@ -321,3 +321,24 @@ def test_cancel_stops_within_a_step(server):
     assert data["node_type"] == "FastDragInvert"
     print(f"interrupt -> prompt ended in {elapsed:.2f}s")
     assert elapsed < 5.0, f"took {elapsed:.1f}s to stop"
+
+
+def test_empty_mask_placeholder_is_named_empty(server):
+    # LoadImage gives a 64x64 all-zero mask for a picture without alpha: say "empty", not "wrong size"
+    extra = {"m": {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": 64, "height": 64}}}
+    with pytest.raises(PromptError) as e:
+        server.run(_points_graph(server, points_json(DRAG), mask=("m", 0), extra=extra))
+    assert e.value.node_type == "FastDragPoints"
+    assert "FastDragPoints: the mask is empty" in e.value.message, e.value.message
+
+
+def test_v_prediction_model_is_refused_by_name(server):
+    p = base(server.ckpt_name)
+    p["vpred"] = {"class_type": "ModelSamplingDiscrete",
+                  "inputs": {"model": ["ckpt", 0], "sampling": "v_prediction", "zsnr": False}}
+    p["inv"] = invert_node(model=("vpred", 0))
+    p["save"] = save_node("/nonexistent/never.pt", latent=("inv", 0))
+    with pytest.raises(PromptError) as e:
+        server.run(p)
+    assert e.value.node_type == "FastDragInvert"
+    assert "FastDragInvert: this model predicts V_PREDICTION" in e.value.message, e.value.message

@@ -722,8 +722,8 @@ function maskOverlay(img, channel) {
 
 // ---------------------------------------------------------------------------------------------
 
-// ComfyUI serves the web folder twice when the pack's folder name differs from the pyproject
-// name (WEB_DIRECTORY under the folder name, [tool.comfy] web under the project name): register once.
+// Register once even if this file is served twice (ComfyUI does so when a pack has both
+// WEB_DIRECTORY and a [tool.comfy] web entry under another folder name, e.g. an older copy).
 const LOADED = Symbol.for("fastdrag.points_editor.loaded");
 if (!window[LOADED]) {
   window[LOADED] = true;
