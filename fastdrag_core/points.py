@@ -112,7 +112,11 @@ def parse_points(value) -> DragPoints:
                 raise ValueError(f"points: drags[{k}] must have 'handle' and 'target', got {drag!r}")
             handles.append(_point(drag["handle"], f"drags[{k}].handle"))
             targets.append(_point(drag["target"], f"drags[{k}].target"))
-        drags = DragPoints(tuple(handles), tuple(targets), _size(obj, "width"), _size(obj, "height"))
+        width, height = _size(obj, "width"), _size(obj, "height")
+        if (width is None) != (height is None):
+            raise ValueError("points: give both 'width' and 'height' (the image the points were placed on), "
+                             f"or neither; got width={width}, height={height}")
+        drags = DragPoints(tuple(handles), tuple(targets), width, height)
     else:
         raise ValueError(f"points: expected a JSON object or list, got {type(obj).__name__}")
     if len(drags) == 0:

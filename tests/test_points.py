@@ -85,6 +85,7 @@ def test_rescale_to_another_image_size():
         ('[[1, NaN], [2, 3]]', "not finite"),
         ('{"version": 1, "width": -5, "drags": [{"handle": [1, 2], "target": [1, 2]}]}', "width"),
         ('"hello"', "expected a JSON object or list"),
+        ('{"version": 1, "width": 64, "drags": [{"handle": [1, 2], "target": [1, 2]}]}', "both 'width' and 'height'"),
         ('[[true, 1], [2, 3]]', "two numbers"),
     ],
 )
