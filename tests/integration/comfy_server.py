@@ -61,23 +61,34 @@ class NoTestCheckpoint(RuntimeError):
     """No checkpoint to test with and no harness script to build one (the tests skip with this)."""
 
 
-def tiny_checkpoint(root: str, py: str) -> str:
-    """Path of the test checkpoint; builds the tiny random SD1.5 one (TAESD VAE) once if needed."""
+def harness_dir() -> str:
+    return os.environ.get("COMFY_HARNESS_DIR",
+                          os.path.join(os.path.dirname(REPO), "shared", "tools", "comfy-harness"))
+
+
+def tiny_checkpoint(root: str, py: str, kind: str = "sd15") -> str:
+    """Path of a tiny random test checkpoint, built once (cached in ``~/.cache/comfyui-fastdrag``).
+
+    ``kind``: ``sd15`` (the harness's tiny SD1.5: 2 levels, 7 attn1 layers), ``sd15_layout`` (SD1.5's
+    4-level UNet layout at 320 channels), ``sdxl``, ``sd2v`` (see ``make_test_ckpt.py``); all with
+    the TAESD VAE. ``FASTDRAG_TEST_CKPT`` replaces the ``sd15`` one."""
     ckpt = os.environ.get("FASTDRAG_TEST_CKPT")
-    if ckpt:
+    if ckpt and kind == "sd15":
         return ckpt
-    path = os.path.join(CACHE, "tiny_sd15_taesd.safetensors")
+    name = "tiny_sd15_taesd.safetensors" if kind == "sd15" else f"tiny_{kind}_taesd.safetensors"
+    path = os.path.join(CACHE, name)
     if os.path.exists(path):
         return path
-    harness = os.environ.get("COMFY_HARNESS_DIR", os.path.join(os.path.dirname(REPO), "shared", "tools", "comfy-harness"))
-    script = os.path.join(harness, "make_tiny_ckpt.py")
+    script = os.path.join(harness_dir(), "make_tiny_ckpt.py")
     if not os.path.exists(script):
         raise NoTestCheckpoint(f"no test checkpoint: set FASTDRAG_TEST_CKPT to an SD1.5 checkpoint, or "
                                f"COMFY_HARNESS_DIR to the comfy-harness folder with make_tiny_ckpt.py "
                                f"(not found: {script})")
     os.makedirs(CACHE, exist_ok=True)
-    subprocess.run([py, script, "--comfy-dir", root, "--out", path, "--vae", "taesd"], check=True,
-                   stdout=subprocess.DEVNULL)
+    tmp = f"{path}.{os.getpid()}.tmp.safetensors"  # written aside, then renamed: parallel runs never read half a file
+    subprocess.run([py, os.path.join(HERE, "make_test_ckpt.py"), harness_dir(), root, kind, tmp], check=True,
+                   cwd=root, stdout=subprocess.DEVNULL)
+    os.replace(tmp, path)
     return path
 
 
@@ -103,15 +114,11 @@ def pattern_png(w: int = 128, h: int = 128, variant: int = 0) -> bytes:
             + chunk(b"IDAT", zlib.compress(b"".join(rows), 9)) + chunk(b"IEND", b""))
 
 
-def free_port(lo: int = 8190, hi: int = 8199) -> int:
-    for p in range(lo, hi + 1):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", p))
-                return p
-            except OSError:
-                continue
-    raise RuntimeError(f"no free port in {lo}-{hi}")
+def free_port() -> int:
+    """A port the OS reports free on 127.0.0.1 (never a fixed range: two runs may share a machine)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 class PromptError(Exception):
@@ -136,6 +143,7 @@ class ComfyServer:
             os.makedirs(os.path.join(self.base, d), exist_ok=True)
         self.ckpt_name = os.path.basename(ckpt)
         os.symlink(ckpt, os.path.join(self.base, "models", "checkpoints", self.ckpt_name))
+        self.ckpt_names = {"sd15": self.ckpt_name}
         os.symlink(REPO, os.path.join(self.base, "custom_nodes", "comfyui-fastdrag"))
         if test_pack:
             os.symlink(TESTPACK, os.path.join(self.base, "custom_nodes", "fastdrag_testpack"))
@@ -164,6 +172,18 @@ class ComfyServer:
                 time.sleep(0.3)
         self.stop()
         raise TimeoutError(f"ComfyUI not ready after {timeout}s:\n{self.log_tail()}")
+
+    def add_checkpoint(self, kind: str) -> str:
+        """Builds (once) and links the tiny ``kind`` checkpoint into this server; returns its name for
+        ``CheckpointLoaderSimple`` (ComfyUI rescans the folder on the next prompt)."""
+        if kind not in self.ckpt_names:
+            path = tiny_checkpoint(self.root, self.py, kind)
+            name = os.path.basename(path)
+            link = os.path.join(self.base, "models", "checkpoints", name)
+            if not os.path.exists(link):
+                os.symlink(path, link)
+            self.ckpt_names[kind] = name
+        return self.ckpt_names[kind]
 
     def log_text(self) -> str:
         with open(self.log_path, "rb") as f:
