@@ -82,7 +82,7 @@ def md_node(points, source="src", edited="edt", prompt="a texture"):
         "points": points, "prompt": prompt}}
 
 
-def pts(drags, w=128, h=128):
+def pts(drags, w=96, h=96):
     return json.dumps({"version": 1, "width": w, "height": h,
                        "drags": [{"handle": list(a), "target": list(b)} for a, b in drags]})
 
@@ -92,9 +92,9 @@ def test_mean_distance(server, tmp_path):
     (1) the node's matches equal an independent reference (the official DIFT forward written
     apart, float64 matching); (2) zero-length drags score about 0 and the others about L."""
     ck = server.add_checkpoint("sd15_layout")
-    server.write_input("db_src.png", png(texture(128, 128, 5)))
-    handles = [(40, 40), (64, 80), (90, 50), (30, 96)]
-    s = (16, 8)
+    server.write_input("db_src.png", png(texture(96, 96, 5)))
+    handles = [(30, 30), (48, 60), (68, 38), (22, 72)]
+    s = (12, 6)
     targets = [handles[0], (handles[1][0] + s[0], handles[1][1] + s[1]), handles[2],
                (handles[3][0] + s[0], handles[3][1] + s[1])]
     ref_path = str(tmp_path / "dift_ref.pt")
@@ -107,7 +107,7 @@ def test_mean_distance(server, tmp_path):
     entry = server.run(p)
     got = entry["outputs"]["md"]["dragbench"][0]
     ref = torch.load(ref_path)
-    expected = reference_matches(ref["source"].double(), ref["edited"].double(), handles, targets, (128, 128))
+    expected = reference_matches(ref["source"].double(), ref["edited"].double(), handles, targets, (96, 96))
     for m, (matched, dist, cos) in zip(got["matches"], expected):
         if tuple(m["matched"]) != matched:  # a float32 near-tie only
             assert cos[m["matched"][1], m["matched"][0]] >= cos.max() - 1e-4, (m, matched)
@@ -128,9 +128,9 @@ def test_mean_distance_errors(server):
             "src": {"class_type": "LoadImage", "inputs": {"image": "fastdrag_test.png"}}}
     with pytest.raises(PromptError, match=r"DragMeanDistance: up block 1 is not available on this UNet: it has 2 "
                                           r"decoder levels"):
-        server.run({**base, "md": md_node(pts([((10, 10), (20, 20))]), edited="src")})
+        server.run({**base, "md": md_node(pts([((10, 10), (20, 20))], 128, 128), edited="src")})
     with pytest.raises(PromptError, match=r"DragMeanDistance: points: drag 0 target \(130, 20\) is outside"):
-        server.run({**base, "md": md_node(pts([((10, 10), (130, 20))]), edited="src")})
+        server.run({**base, "md": md_node(pts([((10, 10), (130, 20))], 128, 128), edited="src")})
 
 
 # --------------------------------------------------------------------------------------------- IF

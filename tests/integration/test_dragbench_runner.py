@@ -119,7 +119,7 @@ def test_custom_workflow_and_settings(bench_run, server, tmp_path):
     del wf["_marks"]["defaults"]["steps"]
     json.dump(wf, open(path, "w"))
     rc, log = run_cli("--dragbench", root, "--workflow", path, "--checkpoint", server.ckpt_name, "--url", server.url,
-                      "--out", str(tmp_path / "out2"), "--limit", "1")
+                      "--out", str(tmp_path / "out2"), "--limit", "1", "--set", "cfg=1.0")
     assert rc != 0 and "no value for {{steps}}; give it with --set steps=VALUE" in log
 
 
