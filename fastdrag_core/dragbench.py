@@ -327,7 +327,7 @@ def summary_markdown(summary: dict, sheets: dict[str, str] | None = None) -> str
     rows = summary_rows(summary)
     lines = ["# DragBench results", ""]
     for k, v in (summary.get("run") or {}).items():
-        lines.append(f"- **{k}**: {v}")
+        lines.append(f"- **{k}**: {v if isinstance(v, str) else json.dumps(v)}")
     lines += ["", "| " + " | ".join(rows[0]) + " |", "| " + " | ".join(["---"] + ["---:"] * (len(rows[0]) - 1)) + " |"]
     for r in rows[1:-1]:
         lines.append("| " + " | ".join(r) + " |")
