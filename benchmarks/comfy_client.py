@@ -224,7 +224,7 @@ class ComfyClient:
                                               f"{data.get('exception_type')}: {data.get('exception_message')}", data)
                     return h[pid]
             time.sleep(delay)
-            delay = min(0.5, delay * 1.3)
+            delay = min(0.1, delay * 1.3)
         self.interrupt()
         raise TimeoutError(f"prompt {pid} not done after {timeout}s")
 
