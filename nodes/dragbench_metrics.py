@@ -34,7 +34,7 @@ import comfy.samplers
 
 from ..fastdrag_core import metrics
 from ..fastdrag_core import points as fd_points
-from .unet_features import DecoderFeatureTap, FeaturesReady
+from .unet_features import DecoderFeatureTap, FeaturesReady, feature_entry_block
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +137,7 @@ class DragMeanDistance(io.ComfyNode):
         except ValueError as e:
             raise ValueError(f"{node}: {e} (source is {width}x{height})") from None
         _check_dift_model(model, node)
+        feature_entry_block(model.get_model_object("diffusion_model"), metrics.DIFT_UP_INDEX, node)  # fail early
         positive = clip.encode_from_tokens_scheduled(clip.tokenize(prompt))
         z_src, z_edt = vae.encode(src[None]), vae.encode(edt[None])  # the posterior mean (module doc)
         noise_src, noise_edt = metrics.dift_noise(z_src.shape, ensemble, seed)
