@@ -204,3 +204,15 @@ def test_image_fidelity(server):
     # the edited image as the official script sees it: PIL bilinear resize of the 8-bit image
     pil = np.asarray(Image.fromarray(b).resize((64, 64), Image.BILINEAR))
     assert np.array_equal((edt * 255).round().to(torch.uint8).numpy(), pil)
+
+
+def test_node_schemas(server):
+    """Menu category, description, a tooltip on every input and output (like the other nodes)."""
+    for node_id in ("DragBenchSample", "DragMeanDistance", "DragImageFidelity"):
+        spec = server.get(f"/object_info/{node_id}")[node_id]
+        assert spec["category"] == "FastDrag/dragbench" and spec["description"], node_id
+        for group in ("required", "optional"):
+            for inp, (_, opts) in spec["input"].get(group, {}).items():
+                assert opts.get("tooltip"), f"{node_id}.{inp} has no tooltip"
+        assert all(spec["output_tooltips"]), node_id
+    assert server.get("/object_info/DragMeanDistance")["DragMeanDistance"]["output_node"] is True
