@@ -8,6 +8,8 @@ diffusion loops through ComfyUI's sampler machinery (``nodes/patches.py``).
 from comfy_api.latest import ComfyExtension, io
 
 from .bnni import FastDragBNNI
+from .dragbench import DragBenchSample
+from .dragbench_metrics import DragImageFidelity, DragMeanDistance
 from .edit import FastDragEdit
 from .invert import FastDragInvert
 from .points import FastDragPoints
@@ -17,6 +19,7 @@ from .warp import FastDragWarp
 NODE_LIST: list[type[io.ComfyNode]] = [
     FastDragPoints, FastDragInvert, FastDragWarp, FastDragBNNI, FastDragSample, FastDragEdit,
 ]
+NODE_LIST += [DragBenchSample, DragMeanDistance, DragImageFidelity]  # DragBench: sample loader and metrics
 
 
 class FastDragExtension(ComfyExtension):

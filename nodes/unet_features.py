@@ -41,21 +41,31 @@ def feature_entry_block(diffusion_model, up_index: int, node: str) -> int:
     return levels[up_index + 1].start
 
 
+class FeaturesReady(Exception):
+    """Raised by a tap made with ``stop_when_done=True`` once every requested feature is recorded:
+    it ends the UNet call there (like DIFT's official forward, which stops after the last up block
+    it needs). Catch it around the call that runs the model."""
+
+
 class DecoderFeatureTap:
     """``output_block_patch`` recording the outputs of chosen up levels during one UNet call.
 
     ``entries`` maps output-block index -> up index (from :func:`feature_entry_block`);
     ``features[up_index]`` holds the last recorded tensor ``[B, C, h, w]``. Recording does not
     change ``h``. ``copy.deepcopy`` returns self, so clones of the patched model share one tap.
+    With ``stop_when_done`` the tap raises :class:`FeaturesReady` as soon as all entries are
+    recorded, so the rest of the decoder does not run (only for callers that need no output).
     """
 
-    def __init__(self, entries: dict[int, int]):
+    def __init__(self, entries: dict[int, int], stop_when_done: bool = False):
         self.entries = dict(entries)
+        self.stop_when_done = stop_when_done
         self.features: dict[int, object] = {}
 
     @classmethod
-    def for_up_blocks(cls, diffusion_model, up_indices, node: str) -> "DecoderFeatureTap":
-        return cls({feature_entry_block(diffusion_model, i, node): i for i in up_indices})
+    def for_up_blocks(cls, diffusion_model, up_indices, node: str,
+                      stop_when_done: bool = False) -> "DecoderFeatureTap":
+        return cls({feature_entry_block(diffusion_model, i, node): i for i in up_indices}, stop_when_done)
 
     def clear(self):
         self.features.clear()
@@ -64,6 +74,8 @@ class DecoderFeatureTap:
         block = transformer_options.get("block")
         if block is not None and block[0] == "output" and block[1] in self.entries:
             self.features[self.entries[block[1]]] = h
+            if self.stop_when_done and len(self.features) == len(self.entries):
+                raise FeaturesReady()
         return h, hsp
 
     def __deepcopy__(self, memo):

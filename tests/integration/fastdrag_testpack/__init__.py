@@ -160,3 +160,7 @@ NODE_CLASS_MAPPINGS = {
     "FastDragTestMakeLora": FastDragTestMakeLora,
     "FastDragTestMakeControlNet": FastDragTestMakeControlNet,
 }
+
+from .dragbench_ref import NODE_CLASS_MAPPINGS as _DRAGBENCH_REF_NODES  # noqa: E402  (DragBench metric references)
+
+NODE_CLASS_MAPPINGS.update(_DRAGBENCH_REF_NODES)

@@ -1,0 +1,422 @@
+#!/usr/bin/env python3
+"""DragBench in one command: edit every sample through ComfyUI's HTTP API, then score it.
+
+    python3 benchmarks/dragbench.py --dragbench DIR --method fastdrag --checkpoint NAME --out DIR \\
+        [--dift-checkpoint NAME] [--comfyui PATH | --url URL] [--limit N]
+
+For each sample ``DIR/<category>/<sample>/`` (``original_image.png`` + ``meta_data.pkl``, read with a
+restricted unpickler that runs no code):
+
+1. the source image and its mask are uploaded to the server and the method's marked workflow
+   (``benchmarks/workflows/<method>.json``, or ``--workflow FILE``; see ``marked_workflow.py``)
+   edits it; the result goes to ``OUT/<category>/<sample>/dragged_image.png`` (the layout the
+   official scripts read) with ``edit.json`` (server seconds, settings);
+2. ``DragMeanDistance`` (DIFT on ``--dift-checkpoint``) and ``DragImageFidelity`` (LPIPS) score the
+   saved PNG against the source -> ``metrics.json``.
+
+A sample with a result is skipped (and says so), so an interrupted run resumes with the same
+command. A sample that fails (an unsafe pickle, a node error) is listed in ``failed`` and the run
+goes on. At the end: a table (overall and per category: MD, IF, seconds per image and per point),
+``OUT/summary.json``, ``OUT/summary.md`` and ``OUT/contact_sheets/<category>.png``.
+
+The server: ``--url`` of a running ComfyUI with this pack, or one started headless from
+``--comfyui`` (default ``COMFYUI_ROOT``) in a temporary run folder (this pack linked in, the
+checkout's model folders visible; ``--checkpoint`` may then also be a file path).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import io
+import json
+import os
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+import comfy_client  # noqa: E402
+import marked_workflow as mw  # noqa: E402
+
+db = comfy_client.pure_core("dragbench")  # fastdrag_core/dragbench.py without importing torch
+
+METHODS = {"fastdrag": os.path.join(HERE, "workflows", "fastdrag.json"),
+           "dragdiffusion": os.path.join(HERE, "workflows", "dragdiffusion.json")}
+PER_SAMPLE_MARKS = ("image", "mask", "points", "prompt", "checkpoint", "output")
+METRIC_NODES = ("DragMeanDistance", "DragImageFidelity", "LoadImage", "CheckpointLoaderSimple")
+HARNESS_COMFYUI = os.path.expanduser("~/.cache/comfy-harness/ComfyUI")
+
+
+def log(msg: str = ""):
+    print(msg, flush=True)
+
+
+def fmt_time(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def write_atomic(path: str, data: bytes):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def write_json(path: str, obj):
+    write_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def read_json(path: str):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+# ------------------------------------------------------------------------------------ server
+def connect(args):
+    """(client, process or None): the --url server, or one started from --comfyui."""
+    if args.url:
+        client = comfy_client.ComfyClient(args.url)
+        if not client.ready():
+            sys.exit(f"dragbench: no ComfyUI answers at {args.url}")
+        return client, None
+    root, reason = comfy_client.find_comfyui(args.comfyui)
+    if root is None and os.path.isfile(os.path.join(HARNESS_COMFYUI, "main.py")):
+        root = HARNESS_COMFYUI
+    if root is None:
+        sys.exit(f"dragbench: {reason}")
+    log(f"starting ComfyUI from {root} ...")
+    proc = comfy_client.ComfyProcess(root, python=args.python, cpu={"auto": None, "cpu": True, "gpu": False}[args.device], extra_args=args.comfy_arg or ())
+    try:
+        proc.wait_ready()
+    except (RuntimeError, TimeoutError) as e:
+        proc.cleanup()
+        sys.exit(f"dragbench: ComfyUI did not start: {e}")
+    log(f"ComfyUI ready at {proc.url} (run folder {proc.base}, log {proc.log_path})")
+    return proc, proc
+
+
+def resolve_checkpoint(client, proc, name: str, what: str) -> str:
+    """A checkpoint name the server lists; a file path is linked into our own run folder."""
+    if os.path.isfile(name):
+        if proc is None:
+            sys.exit(f"dragbench: {what} {name!r} is a file, but the server at --url cannot see this machine's "
+                     "files: put it in that ComfyUI's models/checkpoints and give its name")
+        name = proc.link_checkpoint(name)
+    info = client.get("/object_info/CheckpointLoaderSimple")
+    choices = info["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0]
+    choices = choices if isinstance(choices, list) else []
+    if choices and name not in choices:
+        shown = ", ".join(choices[:20]) + (" ..." if len(choices) > 20 else "")
+        sys.exit(f"dragbench: {what} {name!r} is not in the server's checkpoints ({shown or 'none'})")
+    return name
+
+
+def check_nodes(client, needed, what: str):
+    missing = sorted(c for c in set(needed) if not client.has_node(c))
+    if missing:
+        hint = (" (the DragDiffusion nodes are not in this version of the pack)" if "DragDiffusionEdit" in missing
+                else " (is the comfyui-fastdrag pack loaded? see the server log)")
+        sys.exit(f"dragbench: the server has no {', '.join(missing)} node{'s' if len(missing) > 1 else ''} "
+                 f"needed by {what}{hint}")
+
+
+# ------------------------------------------------------------------------------------ samples
+def png_bytes(img) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def load_sample(ref):
+    """(PIL RGB image, DragBenchMeta); DragBenchError / UnsafePickleError name the file."""
+    from PIL import Image, ImageOps
+
+    meta = db.read_meta(ref.meta_path)
+    try:
+        with Image.open(ref.image_path) as im:
+            img = ImageOps.exif_transpose(im).convert("RGB")
+    except OSError as e:
+        raise db.DragBenchError(f"{ref.image_path}: cannot read the image ({e})") from None
+    db.check_sample(meta, img.size[0], img.size[1], ref.meta_path)
+    return img, meta
+
+
+def mask_png(meta, size) -> bytes:
+    from PIL import Image
+    import numpy as np
+
+    if meta.mask is None:
+        return png_bytes(Image.new("L", size, 255))
+    return png_bytes(Image.fromarray(meta.mask.astype(np.uint8) * 255, mode="L"))
+
+
+def upload_sample(client, ref, img, meta) -> tuple[str, str]:
+    sub = f"dragbench/{ref.category}/{ref.name}"
+    image = client.upload_image(png_bytes(img), db.IMAGE_FILE, sub)
+    mask = client.upload_image(mask_png(meta, img.size), "mask.png", sub)
+    return image, mask
+
+
+def metrics_prompt(dift_ckpt, source, edited, points, prompt, ensemble, seed) -> dict:
+    return {
+        "dift": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": dift_ckpt}},
+        "src": {"class_type": "LoadImage", "inputs": {"image": source}},
+        "edt": {"class_type": "LoadImage", "inputs": {"image": edited}},
+        "md": {"class_type": "DragMeanDistance", "inputs": {
+            "model": ["dift", 0], "clip": ["dift", 1], "vae": ["dift", 2], "source": ["src", 0], "edited": ["edt", 0],
+            "points": points, "prompt": prompt, "ensemble": ensemble, "seed": seed}},
+        "if": {"class_type": "DragImageFidelity", "inputs": {"source": ["src", 0], "edited": ["edt", 0]}},
+    }
+
+
+def metric_value(entry, node) -> dict:
+    vals = entry.get("outputs", {}).get(node, {}).get("dragbench") or []
+    if not vals:
+        raise RuntimeError(f"{node} sent no values (outputs: {list(entry.get('outputs', {}))})")
+    return vals[0]
+
+
+# ------------------------------------------------------------------------------------ the run
+class Run:
+    def __init__(self, args, client, proc):
+        self.args, self.client, self.proc = args, client, proc
+        self.out = os.path.abspath(args.out)
+        wf_path = args.workflow or METHODS[args.method]
+        self.workflow, defaults, self.description = mw.load_workflow(wf_path)
+        self.settings = {**defaults, **mw.parse_set(args.set)}
+        unfilled = sorted(mw.placeholders(self.workflow) - set(self.settings) - set(PER_SAMPLE_MARKS))
+        if unfilled:
+            raise mw.WorkflowError(f"{wf_path}: no value for {', '.join('{{' + m + '}}' for m in unfilled)}; give it "
+                                   f"with --set {unfilled[0]}=VALUE or in the workflow's _marks.defaults")
+        self.method = args.method if not args.workflow else f"workflow:{os.path.basename(args.workflow)}"
+        self.workflow_path = wf_path
+        self.edit_id = {"method": self.method, "checkpoint": args.checkpoint, "settings": self.settings}
+        self.metric_id = {"dift_checkpoint": args.dift_checkpoint, "ensemble": args.ensemble, "seed": args.seed}
+        self.records, self.failed = [], []
+        self.times = []
+
+    def check_existing(self, path, wanted, what):
+        """An earlier result made with other settings must not be mixed in silently."""
+        got = read_json(path)
+        if got is None:
+            return False
+        got_id = {k: got.get(k) for k in wanted}
+        if got_id != wanted:
+            raise SystemExit(f"dragbench: {path} was made with {json.dumps(got_id)}, this run uses "
+                             f"{json.dumps(wanted)}; use another --out (or delete the old {what})")
+        return True
+
+    def sample(self, ref, k, n):
+        rdir = db.result_dir(self.out, ref)
+        png, edit_json, metrics_json = (os.path.join(rdir, f) for f in (db.RESULT_FILE, "edit.json", "metrics.json"))
+        have_edit = os.path.exists(png) and self.check_existing(edit_json, self.edit_id, "edit.json")
+        have_metrics = have_edit and self.check_existing(metrics_json, self.metric_id, "metrics.json")
+        tag = f"[{k}/{n}] {ref.key}"
+        if have_edit and have_metrics:
+            log(f"{tag}: skipped, result exists ({os.path.relpath(png, self.out)})")
+            return self.record(ref, read_json(edit_json), read_json(metrics_json))
+        stage = "read"
+        try:
+            img, meta = load_sample(ref)
+            stage = "upload"
+            src_name, mask_name = upload_sample(self.client, ref, img, meta)
+            points = meta.points_json(*img.size)
+            t0 = time.time()
+            if have_edit:
+                edit = read_json(edit_json)
+                log(f"{tag}: edit exists, computing the metrics")
+            else:
+                stage = "edit"
+                values = {**self.settings, "image": src_name, "mask": mask_name, "points": points,
+                          "prompt": meta.prompt, "checkpoint": self.args.checkpoint,
+                          "output": f"dragbench/{ref.category}/{ref.name}/dragged"}
+                data, secs, _ = mw.run_edit(self.client, self.workflow, values, timeout=self.args.timeout)
+                write_atomic(png, data)
+                edit = {**self.edit_id, "seconds": secs, "n_points": len(meta.handles), "sample": ref.key}
+                write_json(edit_json, edit)
+            stage = "metrics"
+            with open(png, "rb") as f:
+                edited_name = self.client.upload_image(f.read(), db.RESULT_FILE, f"dragbench/{ref.category}/{ref.name}")
+            entry = self.client.run(metrics_prompt(self.args.dift_checkpoint, src_name, edited_name, points,
+                                                   meta.prompt, self.args.ensemble, self.args.seed),
+                                    timeout=self.args.timeout)
+            md, fid = metric_value(entry, "md"), metric_value(entry, "if")
+            metrics = {**self.metric_id, "md": md["md"], "matches": md["matches"], "if": fid["if"],
+                       "lpips": fid["lpips"], "metric_seconds": self.client.exec_seconds(entry)}
+            write_json(metrics_json, metrics)
+        except (db.DragBenchError, db.UnsafePickleError, mw.WorkflowError, comfy_client.PromptError, OSError,
+                RuntimeError, TimeoutError, ValueError, KeyError) as e:
+            msg = f"{stage}: {e}"
+            self.failed.append({"sample": ref.key, "error": msg})
+            log(f"{tag}: FAILED {msg}")
+            return None
+        self.times.append(time.time() - t0)
+        rec = self.record(ref, edit, metrics)
+        log(f"{tag}: edit {edit['seconds']:.2f} s, MD {metrics['md']:.2f} px, IF {metrics['if']:.4f}")
+        return rec
+
+    def record(self, ref, edit, metrics):
+        rec = {"category": ref.category, "sample": ref.key, "distances": [m["distance"] for m in metrics["matches"]],
+               "if": metrics["if"], "seconds": edit.get("seconds"), "n_points": len(metrics["matches"]),
+               "matches": metrics["matches"], "ref": ref}
+        self.records.append(rec)
+        return rec
+
+    def progress(self, k, n, t_start, remaining):
+        if not self.times:
+            return
+        mean = sum(self.times) / len(self.times)
+        log(f"      {k}/{n} done, {fmt_time(time.time() - t_start)} elapsed, ETA {fmt_time(mean * remaining)} "
+            f"({mean:.1f} s per new sample)")
+
+    def finish(self, n_dataset):
+        run = {"method": self.method, "workflow": os.path.relpath(self.workflow_path, REPO)
+               if self.workflow_path.startswith(REPO) else self.workflow_path,
+               "checkpoint": self.args.checkpoint, "dift_checkpoint": self.args.dift_checkpoint,
+               "settings": self.settings, "dift": {"t": 261, "up_ft_index": 1, "ensemble": self.args.ensemble,
+                                                   "seed": self.args.seed},
+               "dragbench": os.path.abspath(self.args.dragbench), "samples_in_dataset": n_dataset,
+               "limit": self.args.limit, "server": self.client.url,
+               "finished": datetime.datetime.now().isoformat(timespec="seconds")}
+        clean = [{k: v for k, v in r.items() if k not in ("matches", "ref")} for r in self.records]
+        summary = db.summarize(clean, self.failed, run)
+        sheets = self.contact_sheets()
+        write_json(os.path.join(self.out, "summary.json"), summary)
+        write_atomic(os.path.join(self.out, "summary.md"), db.summary_markdown(summary, sheets).encode())
+        log("")
+        log(db.summary_table(summary))
+        log(f"\nwrote {os.path.join(self.out, 'summary.json')}, summary.md and {len(sheets)} contact sheet(s)")
+        return summary
+
+    def contact_sheets(self) -> dict:
+        from PIL import Image
+
+        contact_sheet = comfy_client.pure_core("dragbench_sheet").contact_sheet
+
+        rows_by_cat = {}
+        for rec in self.records:
+            ref = rec["ref"]
+            try:
+                img, meta = load_sample(ref)
+                with Image.open(os.path.join(db.result_dir(self.out, ref), db.RESULT_FILE)) as im:
+                    result = im.convert("RGB")
+            except (db.DragBenchError, db.UnsafePickleError, OSError):
+                continue
+            md = sum(rec["distances"]) / len(rec["distances"])
+            rows_by_cat.setdefault(ref.category, []).append({
+                "title": ref.name, "source": img, "result": result.resize(img.size, Image.BILINEAR),
+                "handles": meta.handles, "targets": meta.targets, "mask": meta.mask, "matches": rec["matches"],
+                "caption": f"MD {md:.1f} px  IF {rec['if']:.3f}" + (f"  {rec['seconds']:.1f} s" if rec["seconds"] else "")})
+        for f in self.failed:
+            cat, name = f["sample"].split("/", 1)
+            path = os.path.join(os.path.abspath(self.args.dragbench), cat, name, db.IMAGE_FILE)
+            try:
+                with Image.open(path) as im:
+                    src = im.convert("RGB")
+            except OSError:
+                src = Image.new("RGB", (256, 256), (40, 40, 40))
+            rows_by_cat.setdefault(cat, []).append({"title": name, "source": src, "result": None, "handles": [],
+                                                    "targets": [], "error": f["error"]})
+        sheets = {}
+        for cat, rows in sorted(rows_by_cat.items(), key=lambda kv: db._category_order(kv[0])):
+            rel = os.path.join("contact_sheets", f"{cat}.png")
+            sheet = contact_sheet(rows, cell=self.args.sheet_cell, title=f"{cat}: {self.method}, {self.args.checkpoint}")
+            write_atomic(os.path.join(self.out, rel), png_bytes(sheet))
+            sheets[cat] = rel
+        return sheets
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dragbench", required=True, help="the DragBench folder (<category>/<sample>/...)")
+    how = ap.add_mutually_exclusive_group()
+    how.add_argument("--method", choices=sorted(METHODS), default=None, help="the pack's workflow to run")
+    how.add_argument("--workflow", help="an API-format workflow with marked inputs (see marked_workflow.py)")
+    ap.add_argument("--checkpoint", required=True, help="the edit checkpoint (name in the server's checkpoints, "
+                                                        "or a file when the server is started here)")
+    ap.add_argument("--out", required=True, help="results folder (OUT/<category>/<sample>/dragged_image.png)")
+    ap.add_argument("--dift-checkpoint", help="the DIFT model for MD (official: Stable Diffusion 2.1, e.g. "
+                                              "v2-1_768-ema-pruned.safetensors); default: --checkpoint")
+    srv = ap.add_mutually_exclusive_group()
+    srv.add_argument("--comfyui", help="ComfyUI checkout to start headless (default COMFYUI_ROOT)")
+    srv.add_argument("--url", help="a running ComfyUI with this pack, e.g. http://127.0.0.1:8188")
+    ap.add_argument("--limit", type=int, help="only the first N samples (official order)")
+    ap.add_argument("--samples", nargs="+", help="only these samples / categories (category, category/sample)")
+    ap.add_argument("--set", action="append", metavar="NAME=VALUE",
+                    help="a workflow setting, e.g. --set steps=20 (fastdrag: steps, strength, cfg; dragdiffusion: "
+                         "steps, strength, drag_steps, lora_steps, cfg)")
+    ap.add_argument("--ensemble", type=int, default=8, help="DIFT ensemble size (official 8)")
+    ap.add_argument("--seed", type=int, default=42, help="DIFT noise seed per sample (official 42)")
+    ap.add_argument("--timeout", type=float, default=3600, help="seconds one prompt may take")
+    ap.add_argument("--sheet-cell", type=int, default=256, help="contact sheet image width in px")
+    ap.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto",
+                    help="for a ComfyUI started here: auto = --cpu when its torch has no CUDA/ROCm build")
+    ap.add_argument("--python", help="the python that runs ComfyUI (default COMFYUI_PYTHON or its venv)")
+    ap.add_argument("--comfy-arg", action="append", help="one more main.py argument (repeatable)")
+    args = ap.parse_args(argv)
+    if not args.method and not args.workflow:
+        ap.error("give --method or --workflow")
+    if args.method and args.workflow:
+        ap.error("give --method or --workflow, not both")
+    args.dift_checkpoint = args.dift_checkpoint or args.checkpoint
+    return args
+
+
+def select(samples, args):
+    if args.samples:
+        keep = set(args.samples)
+        samples = [s for s in samples if s.key in keep or s.category in keep or s.name in keep]
+    return samples[: args.limit] if args.limit else samples
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        samples = db.list_samples(args.dragbench)
+    except db.DragBenchError as e:
+        sys.exit(f"dragbench: {e}")
+    chosen = select(samples, args)
+    if not chosen:
+        sys.exit("dragbench: no sample selected")
+    try:
+        Run(args, None, None)  # a workflow or --set mistake stops here, before a server is started
+    except mw.WorkflowError as e:
+        sys.exit(f"dragbench: {e}")
+    client, proc = connect(args)
+    try:
+        run = Run(args, client, proc)
+        args.checkpoint = resolve_checkpoint(client, proc, args.checkpoint, "--checkpoint")
+        args.dift_checkpoint = resolve_checkpoint(client, proc, args.dift_checkpoint, "--dift-checkpoint")
+        run.edit_id["checkpoint"], run.metric_id["dift_checkpoint"] = args.checkpoint, args.dift_checkpoint
+        check_nodes(client, mw.class_types(run.workflow), run.method)
+        check_nodes(client, METRIC_NODES, "the metrics")
+        log(f"DragBench: {len(chosen)} of {len(samples)} samples, {run.method} on {args.checkpoint}, "
+            f"settings {json.dumps(run.settings)}; DIFT on {args.dift_checkpoint} -> {os.path.abspath(args.out)}")
+        if args.dift_checkpoint == args.checkpoint:
+            log("note: MD uses the edit checkpoint as the DIFT model; the official protocol uses Stable Diffusion "
+                "2.1 (--dift-checkpoint)")
+        t_start = time.time()
+        for k, ref in enumerate(chosen, 1):
+            run.sample(ref, k, len(chosen))
+            run.progress(k, len(chosen), t_start, len(chosen) - k)
+        run.finish(len(samples))
+    except KeyboardInterrupt:
+        client.interrupt()
+        log("\ninterrupted; run the same command again to resume (samples with a result are skipped)")
+        return 130
+    finally:
+        if proc is not None:
+            proc.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
