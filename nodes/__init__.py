@@ -8,6 +8,7 @@ diffusion loops through ComfyUI's sampler machinery (``nodes/patches.py``).
 from comfy_api.latest import ComfyExtension, io
 
 from .bnni import FastDragBNNI
+from .dd_lora import DragDiffusionLoRA
 from .edit import FastDragEdit
 from .invert import FastDragInvert
 from .points import FastDragPoints
@@ -16,6 +17,7 @@ from .warp import FastDragWarp
 
 NODE_LIST: list[type[io.ComfyNode]] = [
     FastDragPoints, FastDragInvert, FastDragWarp, FastDragBNNI, FastDragSample, FastDragEdit,
+    DragDiffusionLoRA,
 ]
 
 
