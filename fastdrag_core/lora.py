@@ -39,6 +39,7 @@ __all__ = [
     "OFFICIAL",
     "LoraTrainSettings",
     "StepDraw",
+    "init_seed",
     "crop_side",
     "random_crop_origin",
     "sample_timesteps",
@@ -87,6 +88,16 @@ class LoraTrainSettings:
 
 
 OFFICIAL = LoraTrainSettings()
+
+
+def init_seed(seed: int) -> int:
+    """Seed of the factor-initialisation stream for a user ``seed``; the data stream (crops, noise,
+    timesteps) uses ``seed`` itself. Two streams keep the data draws independent of the model's layer
+    shapes and of the rank (same seed, same crops/noise/timesteps for any model), which the official
+    single global stream (``set_seed(0)``, CUDA draws) could not be matched on anyway."""
+    if not 0 <= seed < 2 ** 64:
+        raise ValueError(f"seed must be in [0, 2^64), got {seed}")
+    return seed ^ 0x9E3779B97F4A7C15
 
 
 # -- training data: crops, noise, timesteps --------------------------------------------------------------

@@ -21,6 +21,7 @@ module runs it with ComfyUI's own training pieces, as ``comfy_extras/nodes_train
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -308,12 +309,13 @@ def train_identity_lora(model, positive, samples: torch.Tensor, settings: core.L
                         on_step: Optional[Callable[[int, float], None]] = None) -> TrainedLora:
     """Fine-tune the LoRA on ``samples`` ([1, C, h, w], VAE space) with ``settings.steps >= 1``."""
     ms, prediction = check_model(model)
-    generator = torch.Generator(device="cpu").manual_seed(settings.seed)
+    init_generator = torch.Generator(device="cpu").manual_seed(core.init_seed(settings.seed))
+    data_generator = torch.Generator(device="cpu").manual_seed(settings.seed)
     dtype = compute_dtype(model)
     with torch.inference_mode(False):
-        mp, layers = install_lora(model, settings, generator)
+        mp, layers = install_lora(model, settings, init_generator)
         sampler = IdentityLoraSampler(samples.detach().cpu().float().clone(), layers, settings, prediction,
-                                      generator, dtype, on_step)
+                                      data_generator, dtype, on_step)
         _, c, h, w = samples.shape
         size = core.crop_side(h, w)
         shape = (settings.batch_size, c, size, size)
@@ -368,7 +370,7 @@ def save_lora_file(path: str, trained: TrainedLora, settings: core.LoraTrainSett
         "fastdrag_batch_size": str(settings.batch_size),
         "fastdrag_seed": str(settings.seed),
         "fastdrag_latent_shape": "x".join(str(int(d)) for d in latent_shape),
-        "fastdrag_final_loss": repr(log_.losses[-1]) if log_.losses else "",
+        "fastdrag_losses": json.dumps(log_.losses),  # per step, float32 values as Python floats
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(settings.rank),
         "ss_network_alpha": str(settings.rank),

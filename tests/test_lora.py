@@ -291,3 +291,11 @@ def test_loss_rejects_bad_arguments():
         lora.noise_prediction_loss(torch.zeros(1, 2), torch.zeros(1, 3), torch.ones(1))
     with pytest.raises(ValueError, match="sigma must be"):
         lora.noise_prediction_loss(torch.zeros(2, 2), torch.zeros(2, 2), torch.ones(3))
+
+
+def test_init_and_data_streams_differ_and_are_fixed():
+    assert lora.init_seed(0) != 0 and lora.init_seed(5) != lora.init_seed(6)
+    assert lora.init_seed(2 ** 64 - 1) < 2 ** 64
+    a = torch.randn(8, generator=torch.Generator().manual_seed(lora.init_seed(3)))
+    b = torch.randn(8, generator=torch.Generator().manual_seed(3))
+    assert not torch.equal(a, b)

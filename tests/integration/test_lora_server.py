@@ -17,7 +17,7 @@ import torch
 
 from comfy_server import PromptError, pattern_png
 
-IMAGE = "fastdrag_dd_lora.png"        # 80 x 64 px -> latent 8 x 10: 8 x 8 crops at 3 column offsets
+IMAGE = "fastdrag_dd_lora.png"        # 96 x 64 px -> latent 8 x 12: 8 x 8 crops at 5 column offsets
 SCALE = 0.18215                       # SD1.x latent scale (model space = VAE latent x SCALE)
 EVAL = [(200, 11), (700, 12)]  # (timestep, noise seed) of the fixed loss measurement
 TRAIN = {"steps": 4, "learning_rate": 5e-3, "rank": 4, "batch_size": 2, "seed": 0}
@@ -45,6 +45,21 @@ def read_safetensors(path):
         a, b = v["data_offsets"]
         tensors[k] = torch.frombuffer(bytearray(data[a:b]), dtype=dtypes[v["dtype"]]).reshape(v["shape"])
     return tensors, header.get("__metadata__", {})
+
+
+def safetensors_bytes(tensors, metadata=None):
+    """A .safetensors file (float32 tensors) written with the standard library."""
+    header, blobs, offset = {}, [], 0
+    for k, t in tensors.items():
+        b = t.detach().to(torch.float32).contiguous().numpy().tobytes()
+        header[k] = {"dtype": "F32", "shape": list(t.shape), "data_offsets": [offset, offset + len(b)]}
+        blobs.append(b)
+        offset += len(b)
+    if metadata:
+        header["__metadata__"] = metadata
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    return struct.pack("<Q", len(h)) + h + b"".join(blobs)
 
 
 def graph(ckpt, image=IMAGE):
@@ -105,7 +120,7 @@ def assert_node_error(server, prompt, needle):
 
 @pytest.fixture(scope="module")
 def image(server):
-    server.write_input(IMAGE, pattern_png(80, 64))
+    server.write_input(IMAGE, pattern_png(96, 64))
     return IMAGE
 
 
@@ -161,6 +176,50 @@ def test_zero_steps_passes_through_and_training_left_the_input_model_alone(train
         assert torch.equal(base[t], passthrough[t]), t
 
 
+def test_first_step_loss_equals_an_independent_computation(server, trained, tmp_path):
+    """Step 1 runs the untrained model (B = 0), so its loss can be recomputed outside the node: the data
+    draws of seed 0 (fastdrag_core.lora.draw_step), x = x0 + σ_t ε built here, fed to the base model by
+    LoadLatent + SamplerCustom (no added noise, one euler step from σ_t to 0 returns D), and the
+    official mean((ε̂ − ε)²) = mean((D − x0)²) / σ². Checks the crops, draw order, σ(t), noise scaling,
+    latent scaling and loss weighting of the node against the equations, not against its own output."""
+    from fastdrag_core import lora as core
+
+    out, _ = trained
+    _, meta = read_safetensors(os.path.join(loras_dir(server), "fastdrag_it_dd_lora_a.safetensors"))
+    node_losses = json.loads(meta["fastdrag_losses"])
+    assert len(node_losses) == TRAIN["steps"]
+    x0_raw = torch.load(os.path.join(out, "x0.pt"))["latent"][:1].float()          # [1, 4, 8, 12]
+    _, c, h, w = x0_raw.shape
+    d = core.draw_step(torch.Generator().manual_seed(TRAIN["seed"]), c, h, w, TRAIN["batch_size"])
+    x0 = core.crop_batch(x0_raw * SCALE, d.origins, d.size)
+    sig = [sd_sigma(int(t)) for t in d.timesteps]
+    p = graph(server.ckpt_name)
+    p["euler"] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}}
+    files = []
+    for b in range(TRAIN["batch_size"]):
+        x = x0[b:b + 1] + sig[b] * d.noise[b:b + 1]
+        name = f"fastdrag_dd_lora_step1_{b}.latent"
+        server.write_input(name, safetensors_bytes({"latent_tensor": x / SCALE,
+                                                    "latent_format_version_0": torch.tensor([0.0])}))
+        p[f"ll{b}"] = {"class_type": "LoadLatent", "inputs": {"latent": name}}
+        p[f"sig{b}"] = {"class_type": "ManualSigmas", "inputs": {"sigmas": f"{sig[b]:.9f}, 0"}}
+        p[f"sc{b}"] = {"class_type": "SamplerCustom", "inputs": {
+            "model": ["ckpt", 0], "add_noise": False, "noise_seed": 0, "cfg": 1.0, "positive": ["pos", 0],
+            "negative": ["pos", 0], "sampler": ["euler", 0], "sigmas": [f"sig{b}", 0], "latent_image": [f"ll{b}", 0]}}
+        files.append(str(tmp_path / f"d{b}.pt"))
+        p[f"save{b}"] = save(files[-1], latent=(f"sc{b}", 1))
+    server.run(p)
+    per_item = []
+    for b, f in enumerate(files):
+        den = torch.load(f)["latent"].double() * SCALE
+        per_item.append(float(((den - x0[b:b + 1].double()) ** 2).mean()) / sig[b] ** 2)
+    ref = sum(per_item) / len(per_item)
+    assert any(left > 0 for _, left in d.origins), "pick a seed/image whose first step crops off the origin"
+    print(f"step-1 loss: node {node_losses[0]:.7f}, independent {ref:.7f} (t = {d.timesteps.tolist()}, "
+          f"crops at {list(d.origins)})")
+    assert abs(node_losses[0] - ref) <= 1e-4 * ref
+
+
 def test_saved_file_layout(server, trained):
     tensors, meta = read_safetensors(os.path.join(loras_dir(server), "fastdrag_it_dd_lora_a.safetensors"))
     prefixes = {k.rsplit(".", 2)[0] if k.endswith(".weight") else k.rsplit(".", 1)[0] for k in tensors}
@@ -175,6 +234,7 @@ def test_saved_file_layout(server, trained):
         assert up.shape[1] == down.shape[0] == TRAIN["rank"] and float(alpha) == TRAIN["rank"]
     assert sum(float(tensors[f"{p}.lora_up.weight"].abs().sum()) for p in prefixes) > 0
     assert meta["fastdrag_node"] == "DragDiffusionLoRA" and meta["fastdrag_steps"] == str(TRAIN["steps"])
+    assert len(json.loads(meta["fastdrag_losses"])) == TRAIN["steps"]
 
 
 def test_same_seed_same_lora_other_seed_other_lora(server, image):
@@ -220,6 +280,11 @@ def test_sd15_layout_full_attention_set_round_trips(server, image, tmp_path):
     unmoved = {q for q in prefixes if float(tensors[f"{q}.lora_up.weight"].abs().max()) == 0}
     assert unmoved <= {"lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_q",
                        "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_k"}, unmoved
+    # Adam's first step from B = 0 is lr · g / (|g| + 1e-8) per entry: never above lr, and close to lr
+    # wherever |g| >> 1e-8 (plain SGD at this lr would move them by ~lr · |g|, orders of magnitude less)
+    ratio = torch.cat([tensors[f"{q}.lora_up.weight"].flatten() for q in prefixes - unmoved]).abs() / 2e-2
+    print(f"first AdamW step |B| / lr: median {ratio.median():.4f}, max {ratio.max():.6f}")
+    assert float(ratio.max()) <= 1 + 1e-6 and float(ratio.median()) > 0.9
     # ComfyUI applied every key (it logs the ones it cannot)
     log = server.log_text()[log_start:]
     assert "lora key not loaded" not in log and "NOT LOADED" not in log
