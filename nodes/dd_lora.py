@@ -240,8 +240,10 @@ class IdentityLoraSampler(comfy.samplers.Sampler):
     """The official training loop as a ComfyUI sampler (what the guider calls ``sample`` on).
 
     ``latent`` is the clean latent in VAE space [1, C, h, w]; every step draws crops, ε and t from
-    the CPU ``generator`` (core.draw_step), forms x = x_0 + σ_t ε, asks the guider for D(x, σ_t) and
-    minimises core.noise_prediction_loss with AdamW."""
+    the CPU data ``generator`` (core.draw_step), forms x = x_0 + σ_t ε (σ_t = model_sampling.sigmas[t],
+    x_0 in model space), asks the guider for D(x, σ_t) and takes one AdamW step on
+    core.noise_prediction_loss (= the official MSE of ε̂ or v̂). With a float16 model on CUDA the loss
+    is scaled by a GradScaler, as the official fp16 (accelerate) run does."""
 
     def __init__(self, latent: torch.Tensor, layers: list[LoraLayer], settings: core.LoraTrainSettings,
                  prediction: str, generator: torch.Generator, dtype: torch.dtype,

@@ -251,23 +251,17 @@ def test_same_seed_same_lora_other_seed_other_lora(server, image):
     assert not all(torch.equal(a[k], c[k]) for k in a if k.endswith(".weight")), "seed 1 gave the seed-0 LoRA"
 
 
-def test_sd15_layout_full_attention_set_round_trips(server, image, tmp_path):
-    """SD1.5's 16 transformer blocks: 128 projections, saved under diffusers names, reloaded by
-    LoraLoaderModelOnly to the node's model."""
+def test_sd15_layout_full_attention_set(server, image):
+    """SD1.5's 16 transformer blocks: 128 projections, saved under diffusers names that ComfyUI's key map
+    loads (load_lora_for_models, which the node uses to apply the LoRA, logs every key it cannot place;
+    the LoraLoaderModelOnly round trip itself is checked on the tiny model above)."""
     ckpt = server.add_checkpoint("sd15_layout")
-    out = str(tmp_path)
-    ev = [(450, 5)]
     log_start = len(server.log_text())
     p = graph(ckpt)
     p["lora"] = lora_node(("ckpt", 0), save_name="fastdrag_it_dd_lora_layout", steps=1, batch_size=1,
                           learning_rate=2e-2)
-    add_eval(p, "trained", ("lora", 0), out, ev, batch=1)
-    server.run(p)
-    p2 = graph(ckpt)
-    p2["load"] = {"class_type": "LoraLoaderModelOnly", "inputs": {
-        "model": ["ckpt", 0], "lora_name": "fastdrag_it_dd_lora_layout.safetensors", "strength_model": 1.0}}
-    add_eval(p2, "loaded", ("load", 0), out, ev, batch=1)
-    server.run(p2)
+    entry = server.run(p)
+    print(server.texts(entry, "lora"))
     tensors, _ = read_safetensors(os.path.join(loras_dir(server), "fastdrag_it_dd_lora_layout.safetensors"))
     prefixes = {k.rsplit(".", 2)[0] for k in tensors if k.endswith(".weight")}
     assert len(prefixes) == 128
@@ -285,11 +279,8 @@ def test_sd15_layout_full_attention_set_round_trips(server, image, tmp_path):
     ratio = torch.cat([tensors[f"{q}.lora_up.weight"].flatten() for q in prefixes - unmoved]).abs() / 2e-2
     print(f"first AdamW step |B| / lr: median {ratio.median():.4f}, max {ratio.max():.6f}")
     assert float(ratio.max()) <= 1 + 1e-6 and float(ratio.median()) > 0.9
-    # ComfyUI applied every key (it logs the ones it cannot)
     log = server.log_text()[log_start:]
     assert "lora key not loaded" not in log and "NOT LOADED" not in log
-    mine, loaded = (predictions(out, k, ev)[450] for k in ("trained", "loaded"))
-    assert float((mine - loaded).abs().max()) <= 1e-6 * float(mine.abs().max())
 
 
 def test_cancel_stops_within_a_step(server, image):
