@@ -7,9 +7,11 @@ server) and prints, from one run:
 * the median time of a LoRA training step (the node's loop: crops, noise, ComfyUI's guider + model
   with the weight adapters, loss, backward, AdamW), the first step left out as warm-up;
 * the median time of one forward + backward of the same UNet at the same batch and crop size, with
-  ordinary (non-inference) weights and the gradient taken w.r.t. the input only: the least any
-  gradient step can cost; and the ratio of the two;
-* the time of the default 80 steps (measured when ``--steps 80``, else median x 80 + first step);
+  ordinary (non-inference) weights and the gradient taken w.r.t. the input only (the least any
+  gradient step can cost), run after every training step so that both see the same machine load;
+  and the ratio of the two;
+* the time of the default 80 steps (measured when ``--steps 80``, else first step + 79 x median),
+  without the interleaved plain passes;
 * peak memory above the loaded model during each phase (CUDA: max_memory_allocated; CPU: peak RSS,
   reset through /proc/self/clear_refs, with glibc's mmap threshold fixed so freed tensors leave the
   RSS), the UNet weight size and the LoRA size.
@@ -46,7 +48,6 @@ def parse():
     ap.add_argument("--steps", type=int, default=6, help="LoRA steps to time (80 = the official run)")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--rank", type=int, default=16)
-    ap.add_argument("--runs", type=int, default=5, help="plain forward+backward repetitions")
     ap.add_argument("--comfyui", default=os.environ.get("COMFYUI_ROOT",
                                                         os.path.expanduser("~/.cache/comfy-harness/ComfyUI")))
     return ap.parse_args()
@@ -127,50 +128,61 @@ def main():
     weights = sum(p.numel() * p.element_size() for p in dm.parameters())
     dtype = dd_lora.compute_dtype(model)
 
-    # -- the node's training loop ---------------------------------------------------------------------
-    settings = core.LoraTrainSettings(steps=args.steps, rank=args.rank, batch_size=args.batch, seed=0)
-    t0 = time.perf_counter()
-    with Memory(args.device) as mem_train, torch.inference_mode():
-        trained = dd_lora.train_identity_lora(model, positive, latent, settings)
-    total = time.perf_counter() - t0
-    steps = trained.log.step_seconds
-    step_med = statistics.median(steps[1:] if len(steps) > 1 else steps)
-    lora_bytes = sum(t.numel() * t.element_size() for k, t in trained.state_dict.items() if k.endswith(".weight"))
-
-    # -- one plain forward + backward at the same batch, ordinary weights ---------------------------------
-    comfy.model_management.load_models_gpu([model], force_full_load=True)
     s = latent.shape[-1]
     with torch.inference_mode(False):
         plain = copy.deepcopy(dm).requires_grad_(False)  # normal tensors: autograd may save them
         ctx = positive[0][0].to(dev, dtype).clone().repeat(args.batch, 1, 1)
-        extra = {}
-        if getattr(plain, "num_classes", None) is not None:  # SDXL-style adm input
-            extra["y"] = torch.zeros((args.batch, plain.adm_in_channels), device=dev, dtype=dtype)
-        times = []
-        with Memory(args.device) as mem_plain, torch.enable_grad():
-            for _ in range(args.runs + 1):
-                x = torch.randn((args.batch, latent.shape[1], s, s), generator=g).to(dev, dtype).requires_grad_(True)
-                t = torch.randint(0, 1000, (args.batch,), generator=g).to(dev).float()
-                if args.device == "cuda":
-                    torch.cuda.synchronize()
-                t1 = time.perf_counter()
-                out = plain(x, t, context=ctx, **extra)
-                out.float().square().mean().backward()
-                if args.device == "cuda":
-                    torch.cuda.synchronize()
-                times.append(time.perf_counter() - t1)
-        del plain
-    plain_med = statistics.median(times[1:])
+    extra = {}
+    if getattr(plain, "num_classes", None) is not None:  # SDXL-style adm input
+        extra["y"] = torch.zeros((args.batch, plain.adm_in_channels), device=dev, dtype=dtype)
 
+    def plain_fwd_bwd():
+        """One forward + backward of the UNet copy (gradient w.r.t. the input only); its seconds."""
+        with torch.inference_mode(False), torch.enable_grad():
+            x = torch.randn((args.batch, latent.shape[1], s, s), generator=g).to(dev, dtype).requires_grad_(True)
+            t = torch.randint(0, 1000, (args.batch,), generator=g).to(dev).float()
+            if args.device == "cuda":
+                torch.cuda.synchronize()
+            t1 = time.perf_counter()
+            plain(x, t, context=ctx, **extra).float().square().mean().backward()
+            if args.device == "cuda":
+                torch.cuda.synchronize()
+            return time.perf_counter() - t1
+
+    # -- memory: two training steps, then two plain forward+backward, each phase on its own ----------------
+    with Memory(args.device) as mem_train, torch.inference_mode():
+        dd_lora.train_identity_lora(model, positive, latent, core.LoraTrainSettings(
+            steps=2, rank=args.rank, batch_size=args.batch, seed=0))
+    comfy.model_management.load_models_gpu([model], force_full_load=True)
+    with Memory(args.device) as mem_plain:
+        plain_fwd_bwd()
+        plain_fwd_bwd()
+
+    # -- time: the node's loop, one plain forward+backward after every step (same load for both) ----------
+    plain_times = []
+    settings = core.LoraTrainSettings(steps=args.steps, rank=args.rank, batch_size=args.batch, seed=0)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        trained = dd_lora.train_identity_lora(model, positive, latent, settings,
+                                              on_step=lambda i, loss: plain_times.append(plain_fwd_bwd()))
+    total = time.perf_counter() - t0 - sum(plain_times)
+    steps = trained.log.step_seconds
+    step_med = statistics.median(steps[1:] if len(steps) > 1 else steps)
+    plain_med = statistics.median(plain_times[1:] if len(plain_times) > 1 else plain_times)
+    lora_bytes = sum(t.numel() * t.element_size() for k, t in trained.state_dict.items() if k.endswith(".weight"))
     est80 = total if args.steps == 80 else steps[0] + step_med * 79
+
     load = os.getloadavg()
     print(f"device {args.device} ({torch.cuda.get_device_name() if args.device == 'cuda' else 'CPU'}), "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, load {load[0]:.2f} {load[1]:.2f}")
     print(f"checkpoint {os.path.basename(ckpt)}: UNet {mib(weights)} ({dtype}), image {args.size}^2 -> latent "
           f"{list(latent.shape)}; batch {args.batch}, rank {args.rank}: {trained.layers} projections, LoRA {mib(lora_bytes)}")
     print(f"LoRA step (median of {max(1, len(steps) - 1)}): {step_med:.3f} s; first step {steps[0]:.3f} s")
-    print(f"plain UNet forward+backward, same batch (median of {args.runs}): {plain_med:.3f} s")
-    print(f"ratio LoRA step / forward+backward: {step_med / plain_med:.2f}")
+    print(f"plain UNet forward+backward, same batch, one after each step (median of "
+          f"{max(1, len(plain_times) - 1)}): {plain_med:.3f} s")
+    pair = statistics.median(a / b for a, b in list(zip(steps, plain_times))[1:]) if len(steps) > 1 else steps[0] / plain_times[0]
+    print(f"ratio LoRA step / forward+backward: {step_med / plain_med:.2f} (medians); {pair:.2f} (median of "
+          "the per-step ratios, each step against the pass right after it)")
     print(f"{'measured' if args.steps == 80 else 'estimated'} 80 steps (official default): {est80:.1f} s "
           f"(this run: {args.steps} steps in {total:.1f} s incl. set-up)")
     print(f"peak memory above the loaded model: training {mib(mem_train.peak)}, plain forward+backward "

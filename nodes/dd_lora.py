@@ -7,11 +7,13 @@ module runs it with ComfyUI's own training pieces, as ``comfy_extras/nodes_train
   ``ModelPatcher.add_weight_wrapper`` on a clone, on ``to_q``, ``to_k``, ``to_v`` and ``to_out.0``
   of every attention module (``CrossAttention``: attn1 and attn2) of the UNet, nothing else. Each
   forward computes W' = W + (alpha/r) B A with alpha = r, i.e. W + B A as the official code.
-* ComfyUI loads weights under ``torch.inference_mode``, and autograd cannot save inference tensors
-  for backward. Every other weight and bias of the UNet gets :class:`AutogradSafeWeight`: a normal
-  tensor copy made per forward, freed by the backward of that step (TrainLoraNode's adapters do the
-  same on every layer). So the training holds one transient copy of the UNet weights per step and
-  nothing is kept between steps or after the node.
+* ComfyUI loads weights under ``torch.inference_mode`` as Parameters that require grad; autograd
+  can neither save inference tensors for backward nor should it differentiate the base weights.
+  Every weight and bias of the UNet first goes through :class:`AutogradSafeWeight` (a detached,
+  ordinary tensor: ComfyUI's cast copies weights that have wrappers), and the LoRA adapter adds
+  B A to that. So the training holds one transient copy of the UNet weights per step (freed by
+  that step's backward), computes gradients for the LoRA factors only, and keeps nothing after
+  the node.
 * The loop is a ``comfy.samplers.Sampler`` run by ComfyUI's ``TrainGuider`` (full load, cfg 1), so
   the conditioning machinery (SDXL's pooled/size conds included), model patches and wrappers apply.
 * The result is applied with ``comfy.sd.load_lora_for_models`` (the code path of core
@@ -125,11 +127,16 @@ def lora_file_path(save_name: str, node: str = NODE) -> str:
 
 
 class AutogradSafeWeight(torch.nn.Module):
-    """Weight wrapper of a frozen layer: hands autograd a normal tensor instead of the inference tensor
-    ComfyUI loaded (ComfyUI's cast already copies weights that have wrappers; this clones only when it
-    did not). The copy lives from the forward to the backward of one step."""
+    """Weight wrapper that makes a UNet weight a frozen, ordinary tensor for autograd.
+
+    ComfyUI's weights are inference tensors (autograd cannot save them for backward) and Parameters
+    with ``requires_grad=True`` (so the copy ComfyUI's cast makes would carry a gradient path back
+    into the shared model, computing and accumulating a gradient for every weight). ``detach`` cuts
+    that path without a copy; a clone is made only when the cast handed over the inference tensor
+    itself. The tensor lives from the forward to the backward of one step."""
 
     def __call__(self, w):
+        w = w.detach()
         return w.clone() if w.is_inference() else w
 
     def passive_memory_usage(self):
@@ -192,13 +199,21 @@ def lora_keys(model, modules: list[str]) -> dict[str, str]:
 
 
 def install_lora(model, settings: core.LoraTrainSettings, generator: torch.Generator):
-    """A clone of ``model`` with trainable LoRA adapters on the attention projections and
-    AutogradSafeWeight on every other UNet weight/bias; returns (clone, layers). Call outside
+    """A clone of ``model`` with AutogradSafeWeight on every UNet weight and bias, followed by a
+    trainable LoRA adapter on each attention projection; returns (clone, layers). Call outside
     inference mode (the factors must be ordinary tensors)."""
     mp = model.clone()
     modules = attention_projections(mp)
     keys = lora_keys(mp, modules)
     dm = mp.get_model_object("diffusion_model")
+    safe = AutogradSafeWeight()
+    for name, mod in dm.named_modules():  # first in every wrapper list: W' = W + B A sees a frozen W
+        if not hasattr(mod, "weight_function"):
+            continue
+        if getattr(mod, "weight", None) is not None:
+            mp.add_weight_wrapper(f"diffusion_model.{name}.weight", safe)
+        if getattr(mod, "bias", None) is not None:
+            mp.add_weight_wrapper(f"diffusion_model.{name}.bias", safe)
     layers = []
     for m in modules:
         w = dm.get_submodule(m).weight
@@ -209,16 +224,20 @@ def install_lora(model, settings: core.LoraTrainSettings, generator: torch.Gener
         adapter.lora_down.weight.requires_grad_(True)
         mp.add_weight_wrapper(f"diffusion_model.{m}.weight", adapter)
         layers.append(LoraLayer(m, keys[m], adapter))
-    trained = set(modules)
-    safe = AutogradSafeWeight()
-    for name, mod in dm.named_modules():
-        if not hasattr(mod, "weight_function"):
-            continue
-        if name not in trained and getattr(mod, "weight", None) is not None:
-            mp.add_weight_wrapper(f"diffusion_model.{name}.weight", safe)
-        if getattr(mod, "bias", None) is not None:
-            mp.add_weight_wrapper(f"diffusion_model.{name}.bias", safe)
     return mp, layers
+
+
+def release_base_gradients(model) -> int:
+    """Drop any gradient that reached the shared UNet weights (none should: every weight goes through
+    AutogradSafeWeight) and warn, so a layer that bypasses ComfyUI's weight functions cannot leave a
+    full-size gradient in the model; returns how many there were."""
+    leaked = [p for p in model.get_model_object("diffusion_model").parameters() if p.grad is not None]
+    for p in leaked:
+        p.grad = None
+    if leaked:
+        log.warning("[FastDrag] %s: gradients reached %d UNet weights that should be frozen; released them",
+                    NODE, len(leaked))
+    return len(leaked)
 
 
 def compute_dtype(model) -> torch.dtype:
@@ -332,6 +351,7 @@ def train_identity_lora(model, positive, samples: torch.Tensor, settings: core.L
         finally:
             for layer in layers:
                 layer.adapter.requires_grad_(False)
+            release_base_gradients(mp)
         state = {}
         for layer in layers:
             up, down = layer.factors()

@@ -1,8 +1,6 @@
 """fastdrag_core.lora: the identity LoRA's crops, random draws, factors, alpha convention and loss,
 against hand-worked cases and float64 transcriptions of the official (diffusers) formulas."""
 
-import math
-
 import pytest
 import torch
 

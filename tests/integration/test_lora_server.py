@@ -155,6 +155,11 @@ def test_lora_lowers_the_noise_prediction_loss(server, trained):
         assert after[t] < before[t], (t, before[t], after[t])
 
 
+def test_only_the_lora_factors_got_gradients(server, trained):
+    # the node releases (and logs) any gradient that reached the frozen UNet weights
+    assert "should be frozen" not in server.log_text()
+
+
 def test_saved_lora_loads_to_the_same_model(trained):
     """LoraLoaderModelOnly(file, 1.0) on the input model = the node's model. Both apply the same float32
     tensors through comfy.sd.load_lora_for_models, so the predictions should agree to the last bit;
