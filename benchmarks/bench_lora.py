@@ -187,7 +187,8 @@ def main():
           f"(this run: {args.steps} steps in {total:.1f} s incl. set-up)")
     print(f"peak memory above the loaded model: training {mib(mem_train.peak)}, plain forward+backward "
           f"{mib(mem_plain.peak)} (UNet weights {mib(weights)})")
-    print(f"loss: first step {trained.log.losses[0]:.4f}, last step {trained.log.losses[-1]:.4f}")
+    print(f"loss: first step {trained.log.losses[0]:.4f}, last step {trained.log.losses[-1]:.4f}; UNet weights "
+          f"holding a .grad after training: {sum(p.grad is not None for p in dm.parameters())}")
 
 
 if __name__ == "__main__":
