@@ -8,6 +8,7 @@ diffusion loops through ComfyUI's sampler machinery (``nodes/patches.py``).
 from comfy_api.latest import ComfyExtension, io
 
 from .bnni import FastDragBNNI
+from .dd_lora import DragDiffusionLoRA
 from .dragbench import DragBenchSample
 from .dragbench_metrics import DragImageFidelity, DragMeanDistance
 from .edit import FastDragEdit
@@ -17,9 +18,13 @@ from .sample import FastDragSample
 from .warp import FastDragWarp
 
 NODE_LIST: list[type[io.ComfyNode]] = [
+    # FastDrag
     FastDragPoints, FastDragInvert, FastDragWarp, FastDragBNNI, FastDragSample, FastDragEdit,
+    # DragDiffusion
+    DragDiffusionLoRA,
+    # DragBench: sample loader and metrics
+    DragBenchSample, DragMeanDistance, DragImageFidelity,
 ]
-NODE_LIST += [DragBenchSample, DragMeanDistance, DragImageFidelity]  # DragBench: sample loader and metrics
 
 
 class FastDragExtension(ComfyExtension):

@@ -1,0 +1,497 @@
+"""DragDiffusionLoRA: DragDiffusion's identity-preserving LoRA, fine-tuned on the image's latent.
+
+The maths (crops, random draws, factor init, alpha convention, loss) is ``fastdrag_core.lora``; this
+module runs it with ComfyUI's own training pieces, as ``comfy_extras/nodes_train.py::TrainLoraNode``:
+
+* The trainable layers are ``comfy.weight_adapter.lora.LoraDiff`` modules installed with
+  ``ModelPatcher.add_weight_wrapper`` on a clone, on ``to_q``, ``to_k``, ``to_v`` and ``to_out.0``
+  of every attention module (``CrossAttention``: attn1 and attn2) of the UNet, nothing else. Each
+  forward computes W' = W + (alpha/r) B A with alpha = r, i.e. W + B A as the official code.
+* ComfyUI loads weights under ``torch.inference_mode`` as Parameters that require grad; autograd
+  can neither save inference tensors for backward nor should it differentiate the base weights.
+  Every weight and bias of the UNet first goes through :class:`AutogradSafeWeight` (a detached,
+  ordinary tensor: ComfyUI's cast copies weights that have wrappers), and the LoRA adapter adds
+  B A to that. So the training holds one transient copy of the UNet weights per step (freed by
+  that step's backward), computes gradients for the LoRA factors only, and keeps nothing after
+  the node.
+* The loop is a ``comfy.samplers.Sampler`` run by ComfyUI's ``TrainGuider`` (full load, cfg 1), so
+  the conditioning machinery (SDXL's pooled/size conds included), model patches and wrappers apply.
+* The result is applied with ``comfy.sd.load_lora_for_models`` (the code path of core
+  ``LoraLoaderModelOnly``) from the same tensors that ``save_name`` writes, so the returned model
+  and ``LoraLoaderModelOnly(saved file, 1.0)`` on the input model are the same model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+from comfy_api.latest import io, ui
+
+import comfy.lora
+import comfy.model_management
+import comfy.model_sampling
+import comfy.samplers
+import comfy.sd
+import comfy.utils
+import folder_paths
+from comfy.ldm.modules.attention import CrossAttention
+from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+from comfy.weight_adapter.lora import LoraDiff
+from comfy_extras.nodes_train import TrainGuider, process_cond_list
+
+from ..fastdrag_core import lora as core
+from .types import LATENT_TAG
+
+log = logging.getLogger(__name__)
+NODE = "DragDiffusionLoRA"
+PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
+FILE_TAG = "fastdrag_node"  # safetensors metadata key marking files this node wrote (and may overwrite)
+
+
+# -- checks ------------------------------------------------------------------------------------------------
+
+
+def check_model(model, node: str = NODE) -> tuple[object, str]:
+    """(model_sampling, "eps" | "v") of a UNet model with a discrete noise schedule, or a ValueError."""
+    dm = model.get_model_object("diffusion_model")
+    if not isinstance(dm, UNetModel):
+        raise ValueError(f"{node}: this model's diffusion model is {type(dm).__name__}; the identity LoRA "
+                         "supports Stable Diffusion UNet checkpoints (SD1.x, SD2.x, SDXL)")
+    ms = model.get_model_object("model_sampling")
+    ms_name = type(ms).__name__
+    discrete = (isinstance(ms, comfy.model_sampling.ModelSamplingDiscrete)
+                and not isinstance(ms, (comfy.model_sampling.ModelSamplingDiscreteEDM,
+                                        comfy.model_sampling.StableCascadeSampling)))
+    other = tuple(getattr(comfy.model_sampling, k) for k in ("EDM", "X0", "CONST", "COSMOS_RFLOW")
+                  if hasattr(comfy.model_sampling, k))
+    if not discrete or isinstance(ms, other):
+        kinds = [k for k in ("EDM", "X0", "IMG_TO_IMG", "CONST", "COSMOS_RFLOW", "V_PREDICTION", "EPS")
+                 if isinstance(ms, getattr(comfy.model_sampling, k, ()))]
+        raise ValueError(f"{node}: this model uses {kinds[0] if kinds else ms_name} prediction with "
+                         f"{ms_name}; the identity LoRA trains eps- or v-prediction models with a "
+                         "discrete 1000-step schedule (SD1.x, SD2.x, SDXL)")
+    prediction = "v" if isinstance(ms, comfy.model_sampling.V_PREDICTION) else "eps"
+    return ms, prediction
+
+
+def check_latent(latent, model, node: str = NODE) -> torch.Tensor:
+    """The clean [1, C, h, w] latent of one image, with C the model's latent channels."""
+    samples = latent.get("samples") if isinstance(latent, dict) else None
+    if not isinstance(samples, torch.Tensor) or samples.dim() != 4 or samples.is_nested:
+        shape = list(samples.shape) if isinstance(samples, torch.Tensor) and not samples.is_nested else None
+        raise ValueError(f"{node}: latent must be an image LATENT [1, C, H, W] (VAEEncode), got {shape}")
+    if LATENT_TAG in latent:
+        raise ValueError(f"{node}: this latent comes from FastDragInvert (noisy, at an edit timestep); the "
+                         "LoRA trains on the clean latent of the image: connect the VAEEncode output")
+    if samples.shape[0] != 1:
+        raise ValueError(f"{node}: latent batch is {samples.shape[0]}; the identity LoRA is trained on one "
+                         "image: pick one with LatentFromBatch (batch_index, length 1)")
+    channels = model.get_model_object("latent_format").latent_channels
+    if samples.shape[1] != channels:
+        raise ValueError(f"{node}: latent has {samples.shape[1]} channels but this model's latents have "
+                         f"{channels}: encode the image with this model's VAE")
+    if samples.shape[2] < 1 or samples.shape[3] < 1:
+        raise ValueError(f"{node}: latent is empty ({list(samples.shape)})")
+    if not torch.isfinite(samples).all():
+        raise ValueError(f"{node}: latent contains NaN or infinite values")
+    if torch.count_nonzero(samples) == 0:
+        raise ValueError(f"{node}: latent is all zeros (an EmptyLatentImage?); the LoRA learns the image: "
+                         "connect the VAEEncode latent of the image")
+    if latent.get("noise_mask") is not None:
+        log.warning("[FastDrag] %s: the latent's noise_mask is ignored; the LoRA trains on the whole image "
+                    "as the official code", node)
+    return samples
+
+
+def lora_file_path(save_name: str, node: str = NODE) -> str:
+    """Absolute path of ``save_name`` (".safetensors" appended if missing) inside the first ``loras``
+    folder; refuses names that leave it."""
+    name = save_name.strip()
+    if not name.endswith(".safetensors"):
+        name += ".safetensors"
+    base = os.path.abspath(folder_paths.get_folder_paths("loras")[0])
+    path = os.path.abspath(os.path.join(base, name))
+    if os.path.isabs(name.replace("\\", "/")) or os.path.commonpath([base, path]) != base or path == base:
+        raise ValueError(f"{node}: save_name {save_name!r} must be a file name inside the loras folder "
+                         "(subfolders allowed, no absolute path or '..')")
+    return path
+
+
+# -- the trainable model -----------------------------------------------------------------------------------
+
+
+class AutogradSafeWeight(torch.nn.Module):
+    """Weight wrapper that makes a UNet weight a frozen, ordinary tensor for autograd.
+
+    ComfyUI's weights are inference tensors (autograd cannot save them for backward) and Parameters
+    with ``requires_grad=True`` (so the copy ComfyUI's cast makes would carry a gradient path back
+    into the shared model, computing and accumulating a gradient for every weight). ``detach`` cuts
+    that path without a copy; a clone is made only when the cast handed over the inference tensor
+    itself. The tensor lives from the forward to the backward of one step."""
+
+    def __call__(self, w):
+        w = w.detach()
+        return w.clone() if w.is_inference() else w
+
+    def passive_memory_usage(self):
+        return 0
+
+    def move_to(self, device):
+        return 0
+
+
+@dataclass
+class LoraLayer:
+    """One trained projection: ComfyUI module name (inside ``diffusion_model``), file key prefix, adapter."""
+
+    module: str
+    key: str
+    adapter: LoraDiff
+
+    def factors(self) -> tuple[torch.nn.Parameter, torch.nn.Parameter]:
+        return self.adapter.lora_up.weight, self.adapter.lora_down.weight
+
+
+def attention_projections(model) -> list[str]:
+    """Names of ``to_q/to_k/to_v/to_out.0`` of every CrossAttention of the UNet (attn1 and attn2), in
+    module order. SD1.5: 16 transformer blocks x 2 attentions x 4 = 128."""
+    dm = model.get_model_object("diffusion_model")
+    names = []
+    for name, mod in dm.named_modules():
+        if isinstance(mod, CrossAttention):
+            for p in PROJECTIONS:
+                sub = mod.get_submodule(p)
+                if not hasattr(sub, "weight_function") or sub.weight is None or sub.weight.dim() != 2:
+                    raise ValueError(f"{NODE}: {name}.{p} is not a ComfyUI linear layer; cannot train it")
+                names.append(f"{name}.{p}")
+    if not names:
+        raise ValueError(f"{NODE}: no attention layers found in the UNet")
+    return names
+
+
+def lora_keys(model, modules: list[str]) -> dict[str, str]:
+    """File key prefix of each module, in the kohya format with diffusers names
+    (``lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q``) that ComfyUI, A1111
+    and diffusers load; ComfyUI's own names (``lora_unet_input_blocks_1_1_...``) where the UNet has no
+    diffusers mapping. Every key is checked against ComfyUI's LoRA key map for this model."""
+    key_map = comfy.lora.model_lora_keys_unet(model.model, {})
+    diffusers = comfy.utils.unet_to_diffusers(model.model.model_config.unet_config)
+    to_diffusers = {v: k for k, v in diffusers.items() if k.endswith(".weight")}
+    keys = {}
+    for m in modules:
+        target = f"diffusion_model.{m}.weight"
+        d = to_diffusers.get(f"{m}.weight")
+        key = f"lora_unet_{d[:-len('.weight')].replace('.', '_')}" if d else None
+        if key is None or key_map.get(key) != target:
+            key = f"lora_unet_{m.replace('.', '_')}"
+        if key_map.get(key) != target:
+            raise RuntimeError(f"{NODE}: no LoRA key of ComfyUI's key map loads {target}")
+        keys[m] = key
+    if len(set(keys.values())) != len(keys):
+        raise RuntimeError(f"{NODE}: LoRA key names collide")
+    return keys
+
+
+def install_lora(model, settings: core.LoraTrainSettings, generator: torch.Generator):
+    """A clone of ``model`` with AutogradSafeWeight on every UNet weight and bias, followed by a
+    trainable LoRA adapter on each attention projection; returns (clone, layers). Call outside
+    inference mode (the factors must be ordinary tensors)."""
+    mp = model.clone()
+    modules = attention_projections(mp)
+    keys = lora_keys(mp, modules)
+    dm = mp.get_model_object("diffusion_model")
+    safe = AutogradSafeWeight()
+    for name, mod in dm.named_modules():  # first in every wrapper list: W' = W + B A sees a frozen W
+        if not hasattr(mod, "weight_function"):
+            continue
+        if getattr(mod, "weight", None) is not None:
+            mp.add_weight_wrapper(f"diffusion_model.{name}.weight", safe)
+        if getattr(mod, "bias", None) is not None:
+            mp.add_weight_wrapper(f"diffusion_model.{name}.bias", safe)
+    layers = []
+    for m in modules:
+        w = dm.get_submodule(m).weight
+        up, down = core.init_lora_factors(generator, w.shape[0], w.shape[1], settings.rank)
+        adapter = LoraDiff((up, down, float(settings.rank), None, None, None))
+        adapter.requires_grad_(False)
+        adapter.lora_up.weight.requires_grad_(True)
+        adapter.lora_down.weight.requires_grad_(True)
+        mp.add_weight_wrapper(f"diffusion_model.{m}.weight", adapter)
+        layers.append(LoraLayer(m, keys[m], adapter))
+    return mp, layers
+
+
+def release_base_gradients(model) -> int:
+    """Drop any gradient that reached the shared UNet weights (none should: every weight goes through
+    AutogradSafeWeight) and warn, so a layer that bypasses ComfyUI's weight functions cannot leave a
+    full-size gradient in the model; returns how many there were."""
+    leaked = [p for p in model.get_model_object("diffusion_model").parameters() if p.grad is not None]
+    for p in leaked:
+        p.grad = None
+    if leaked:
+        log.warning("[FastDrag] %s: gradients reached %d UNet weights that should be frozen; released them",
+                    NODE, len(leaked))
+    return len(leaked)
+
+
+def compute_dtype(model) -> torch.dtype:
+    base = model.model
+    return getattr(base, "manual_cast_dtype", None) or base.get_dtype()
+
+
+# -- the loop ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainingLog:
+    losses: list[float] = field(default_factory=list)
+    step_seconds: list[float] = field(default_factory=list)
+    skipped_steps: int = 0  # fp16 steps the gradient scaler skipped (inf/NaN gradients)
+
+
+class IdentityLoraSampler(comfy.samplers.Sampler):
+    """The official training loop as a ComfyUI sampler (what the guider calls ``sample`` on).
+
+    ``latent`` is the clean latent in VAE space [1, C, h, w]; every step draws crops, ε and t from
+    the CPU data ``generator`` (core.draw_step), forms x = x_0 + σ_t ε (σ_t = model_sampling.sigmas[t],
+    x_0 in model space), asks the guider for D(x, σ_t) and takes one AdamW step on
+    core.noise_prediction_loss (= the official MSE of ε̂ or v̂). With a float16 model on CUDA the loss
+    is scaled by a GradScaler, as the official fp16 (accelerate) run does."""
+
+    def __init__(self, latent: torch.Tensor, layers: list[LoraLayer], settings: core.LoraTrainSettings,
+                 prediction: str, generator: torch.Generator, dtype: torch.dtype,
+                 on_step: Optional[Callable[[int, float], None]] = None):
+        self.latent, self.layers, self.settings = latent, layers, settings
+        self.prediction, self.generator, self.dtype, self.on_step = prediction, generator, dtype, on_step
+        self.log = TrainingLog()
+
+    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
+               disable_pbar=False):
+        s = self.settings
+        inner = model_wrap.inner_model
+        ms = inner.model_sampling
+        device = noise.device
+        model_wrap.conds = process_cond_list(model_wrap.conds)  # normal-tensor copies of the conds
+        table = ms.sigmas.detach().to("cpu", torch.float32).clone()
+        sigma_data = float(getattr(ms, "sigma_data", 1.0))
+        x0_full = inner.process_latent_in(self.latent.to(device, torch.float32).clone())
+        params = [p for layer in self.layers for p in layer.factors()]
+        opt = torch.optim.AdamW(params, lr=s.learning_rate, betas=core.ADAMW_BETAS,
+                                weight_decay=core.ADAMW_WEIGHT_DECAY, eps=core.ADAMW_EPS)
+        use_scaler = self.dtype == torch.float16 and device.type == "cuda"
+        scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)  # the official fp16 run scales the loss too
+        pbar = comfy.utils.ProgressBar(s.steps)
+        _, channels, h, w = x0_full.shape
+        with torch.enable_grad():
+            for step in range(s.steps):
+                comfy.model_management.throw_exception_if_processing_interrupted()
+                t0 = time.perf_counter()
+                d = core.draw_step(self.generator, channels, h, w, s.batch_size, num_timesteps=table.shape[0])
+                x0 = core.crop_batch(x0_full, d.origins, d.size)
+                sigma = table[d.timesteps].to(device)
+                x = ms.noise_scaling(sigma, d.noise.to(device), x0)
+                denoised = model_wrap(x, sigma, **extra_args)
+                loss = core.noise_prediction_loss(denoised, x0, sigma, self.prediction, sigma_data)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"{NODE}: the loss became {loss.item()} at step {step + 1}; lower "
+                                             f"learning_rate (now {s.learning_rate})")
+                scale_before = scaler.get_scale() if use_scaler else 1.0
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+                if use_scaler and scaler.get_scale() < scale_before:
+                    self.log.skipped_steps += 1
+                opt.zero_grad(set_to_none=True)
+                value = float(loss.detach())
+                self.log.losses.append(value)
+                self.log.step_seconds.append(time.perf_counter() - t0)
+                if self.on_step is not None:
+                    self.on_step(step, value)
+                pbar.update(1)  # the server's hook also stops here on Cancel
+        return latent_image
+
+
+@dataclass
+class TrainedLora:
+    """What one run produced: the file tensors (CPU float32, kohya keys) and its log."""
+
+    state_dict: dict[str, torch.Tensor]
+    layers: int
+    log: TrainingLog
+
+
+def train_identity_lora(model, positive, samples: torch.Tensor, settings: core.LoraTrainSettings,
+                        on_step: Optional[Callable[[int, float], None]] = None) -> TrainedLora:
+    """Fine-tune the LoRA on ``samples`` ([1, C, h, w], VAE space) with ``settings.steps >= 1``."""
+    ms, prediction = check_model(model)
+    init_generator = torch.Generator(device="cpu").manual_seed(core.init_seed(settings.seed))
+    data_generator = torch.Generator(device="cpu").manual_seed(settings.seed)
+    dtype = compute_dtype(model)
+    with torch.inference_mode(False):
+        mp, layers = install_lora(model, settings, init_generator)
+        sampler = IdentityLoraSampler(samples.detach().cpu().float().clone(), layers, settings, prediction,
+                                      data_generator, dtype, on_step)
+        _, c, h, w = samples.shape
+        size = core.crop_side(h, w)
+        shape = (settings.batch_size, c, size, size)
+        # everything else off the device first: training needs far more memory than inference
+        comfy.model_management.load_models_gpu([mp], memory_required=1e20, force_full_load=True)
+        guider = TrainGuider(mp)
+        guider.set_conds(positive)
+        table = ms.sigmas.detach().to("cpu", torch.float32).clone()
+        sigmas = torch.cat([table.flip(0), table.new_zeros(1)])  # every training timestep, for patches that look
+        try:
+            guider.sample(torch.zeros(shape), torch.zeros(shape), sampler, sigmas, seed=settings.seed)
+        finally:
+            for layer in layers:
+                layer.adapter.requires_grad_(False)
+            release_base_gradients(mp)
+        state = {}
+        for layer in layers:
+            up, down = layer.factors()
+            state.update(core.lora_file_entries(layer.key, up.detach().to("cpu", torch.float32).clone(),
+                                                down.detach().to("cpu", torch.float32).clone()))
+    return TrainedLora(state, len(state) // 3, sampler.log)
+
+
+def check_overwrite(path: str, node: str = NODE) -> None:
+    """Refuse to replace a file that this node did not write (its safetensors metadata says who did)."""
+    from safetensors import safe_open
+
+    if not os.path.exists(path):
+        return
+    try:
+        with safe_open(path, framework="pt") as f:
+            owner = (f.metadata() or {}).get(FILE_TAG)
+    except Exception:  # not a safetensors file at all
+        owner = None
+    if owner != NODE:
+        raise ValueError(f"{node}: {path} already exists and was not written by {NODE}; choose another "
+                         "save_name (existing LoRAs are never overwritten)")
+
+
+def save_lora_file(path: str, trained: TrainedLora, settings: core.LoraTrainSettings, latent_shape,
+                   node: str = NODE) -> None:
+    """Write the LoRA (float32 safetensors, metadata), atomically; overwrite only files this node wrote."""
+    from safetensors.torch import save_file
+
+    check_overwrite(path, node)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    log_ = trained.log
+    meta = {
+        FILE_TAG: NODE,
+        "fastdrag_method": "DragDiffusion identity-preserving LoRA (attention to_q/to_k/to_v/to_out.0)",
+        "fastdrag_steps": str(settings.steps),
+        "fastdrag_learning_rate": repr(settings.learning_rate),
+        "fastdrag_batch_size": str(settings.batch_size),
+        "fastdrag_seed": str(settings.seed),
+        "fastdrag_latent_shape": "x".join(str(int(d)) for d in latent_shape),
+        "fastdrag_losses": json.dumps(log_.losses),  # per step, float32 values as Python floats
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(settings.rank),
+        "ss_network_alpha": str(settings.rank),
+    }
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        save_file(trained.state_dict, tmp, metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def summary(trained: TrainedLora, settings: core.LoraTrainSettings, seconds: float) -> str:
+    losses = trained.log.losses
+    k = max(1, min(10, len(losses) // 4))
+    first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
+    msg = (f"rank-{settings.rank} LoRA on {trained.layers} attention projections, {settings.steps} steps x batch "
+           f"{settings.batch_size} in {seconds:.1f} s; loss (mean of {k} steps) {first:.4g} -> {last:.4g}")
+    if trained.log.skipped_steps:
+        msg += f"; {trained.log.skipped_steps} fp16 steps skipped by the gradient scaler"
+    return msg
+
+
+# -- the node ----------------------------------------------------------------------------------------------
+
+
+class DragDiffusionLoRA(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=NODE,
+            display_name="DragDiffusion LoRA (identity)",
+            category="FastDrag/dragdiffusion",
+            is_output_node=True,  # writes a file with save_name: runs even when its model is not used
+            description="DragDiffusion's identity-preserving LoRA: fine-tunes a rank-r LoRA on the UNet's "
+                        "attention projections (to_q/to_k/to_v/to_out, self- and cross-attention) to "
+                        "reconstruct this image, as the official code (80 steps, AdamW 5e-4, batch 4, rank 16). "
+                        "Returns the model with the LoRA applied; optionally saves it for LoraLoaderModelOnly.",
+            inputs=[
+                io.Model.Input("model", tooltip="The model to fine-tune (SD1.x / SD2.x / SDXL UNet, eps or v "
+                                                "prediction). LoRAs already applied stay under the new one."),
+                io.Conditioning.Input("positive", tooltip="The prompt describing the image (official: the "
+                                                          "user's prompt; the text encoder stays frozen)."),
+                io.Latent.Input("latent", tooltip="The clean latent of the image (VAEEncode), batch 1."),
+                io.Int.Input("steps", default=80, min=0, max=10000,
+                             tooltip="Training steps (official 80). 0 = no LoRA: the model passes through "
+                                     "unchanged."),
+                io.Float.Input("learning_rate", default=5e-4, min=1e-7, max=1.0, step=1e-7,
+                               tooltip="AdamW learning rate, constant (official 5e-4; betas 0.9/0.999, weight "
+                                       "decay 0.01)."),
+                io.Int.Input("rank", default=16, min=1, max=256,
+                             tooltip="LoRA rank r of every projection (official 16); saved with alpha = r, so "
+                                     "the update is exactly B A."),
+                io.Int.Input("batch_size", default=4, min=1, max=64,
+                             tooltip="Crops per step (official 4): squares of the latent's short side at "
+                                     "random offsets, each with its own noise and timestep."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
+                             tooltip="Seed of the LoRA init, crops, noise and timesteps (official 0). Same "
+                                     "seed and inputs give the same LoRA on the CPU."),
+                io.String.Input("save_name", default="", optional=True,
+                                tooltip="Empty = don't save. Otherwise the file name (\".safetensors\" added) "
+                                        "written into ComfyUI's loras folder, loadable with LoraLoaderModelOnly "
+                                        "at strength 1. Only files written by this node are overwritten."),
+            ],
+            outputs=[
+                io.Model.Output("model", display_name="model",
+                                tooltip="The input model with the trained LoRA applied (strength 1)."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, positive, latent, steps, learning_rate, rank, batch_size, seed,
+                save_name="") -> io.NodeOutput:
+        try:
+            settings = core.LoraTrainSettings(steps=int(steps), learning_rate=float(learning_rate), rank=int(rank),
+                                              batch_size=int(batch_size), seed=int(seed))
+        except ValueError as e:
+            raise ValueError(f"{NODE}: {e}") from None
+        save_name = (save_name or "").strip()
+        samples = check_latent(latent, model)
+        check_model(model)
+        if not positive:
+            raise ValueError(f"{NODE}: positive conditioning is empty; connect a CLIPTextEncode of the prompt")
+        path = lora_file_path(save_name) if save_name else None
+        if path is not None:
+            check_overwrite(path)
+        if settings.steps == 0:
+            if path is not None:
+                raise ValueError(f"{NODE}: steps is 0 (no LoRA) but save_name is {save_name!r}: there is "
+                                 "nothing to save; set steps > 0 or clear save_name")
+            return io.NodeOutput(model, ui=ui.PreviewText("steps = 0: no LoRA, model passed through"))
+        t0 = time.perf_counter()
+        trained = train_identity_lora(model, positive, samples, settings)
+        seconds = time.perf_counter() - t0
+        msg = summary(trained, settings, seconds)
+        if path is not None:
+            save_lora_file(path, trained, settings, samples.shape)
+            msg += f"; saved to {os.path.relpath(path, folder_paths.get_folder_paths('loras')[0])} (loras)"
+        log.info("[FastDrag] %s: %s", NODE, msg)
+        out, _ = comfy.sd.load_lora_for_models(model, None, trained.state_dict, 1.0, 0)
+        return io.NodeOutput(out, ui=ui.PreviewText(msg))
