@@ -179,6 +179,22 @@ def test_lcm_sampling_runs_as_plain_eps_like_the_official_code(server, tmp_path)
     assert server.log_text().count(note) >= 3  # FastDragInvert x2 (inv, e_lcm's) and FastDragSample
 
 
+def test_zero_terminal_snr_v_prediction_runs(server, tmp_path):
+    """ModelSamplingDiscrete(v_prediction, zsnr) (v-prediction fine-tunes with a zero-terminal-SNR table)
+    is a discrete v model: inversion and sampling run with every K/V entry captured and injected."""
+    from graphs import base
+    p = base(server.ckpt_name)
+    p["ms"] = {"class_type": "ModelSamplingDiscrete", "inputs": {"model": ["ckpt", 0], "sampling": "v_prediction",
+                                                                "zsnr": True}}
+    p["inv"] = invert_node(model=("ms", 0), steps=STEPS, strength=STRENGTH)
+    p["s"] = sample_node(("inv", 0), ("inv", 1), model=("ms", 0))
+    p["save"] = save_node(str(tmp_path / "z.pt"), latent=("s", 0))
+    entry = server.run(p)
+    assert " ".join(server.texts(entry, "inv")).startswith("SD1.x, v_prediction: inverted to t=201 in 3 steps")
+    assert injection(server, entry, "s") == (4 * K, 0, 0)  # the tiny SD1.5's 4 decoder layers
+    assert torch.isfinite(load(str(tmp_path / "z.pt"))["latent"]).all()
+
+
 # -- refused families: before any UNet call, naming the family and what to change ----------------------
 
 @pytest.mark.parametrize("node,inputs,needle", [
