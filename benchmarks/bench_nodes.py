@@ -114,8 +114,8 @@ def main():
                 redrag.append(t_re)
                 plain.append(t_ks)
         log = srv.log_text()
-        kv = re.findall(r"FastDragInvert: .*?(inverted .*?); (\d+ K/V entries .*?);", log)
-        inversions = len(re.findall(r"FastDragInvert: .*?inverted to", log))
+        kv = re.findall(r"FastDragInvert: (inverted .*?); (\d+ K/V entries .*?);", log)
+        inversions = log.count("FastDragInvert: inverted")
         if args.kv_report and ARCH_OF[args.ckpt]:
             # the store's own accounting (FastDragTestSave reads KVStore.nbytes) at the benchmarked size
             path = os.path.join(tempfile.mkdtemp(prefix="fastdrag_kv_"), "kv.pt")

@@ -132,7 +132,7 @@ class FastDragInvert(io.ComfyNode):
                                          positive, negative, samples, callback=callback, disable_pbar=True, seed=0)
         store.freeze()
         check_capture(run, store, sites, k)
-        msg = (f"{sm.support.describe()}: inverted to t={sched.edit_timestep} in {k} steps; {store.describe()}"
+        msg = (f"inverted to t={sched.edit_timestep} in {k} steps on {sm.support.describe()}; {store.describe()}"
                + run.describe_passes())
         log.info("[FastDrag] %s: %s", NODE, msg)
         if run.same_pass_repeats:

@@ -95,7 +95,7 @@ class FastDragSample(io.ComfyNode):
         warn_noise_mask(latent, NODE)
         out = comfy.sample.sample_custom(m, torch.zeros_like(samples), cfg, DDIM_SAMPLER, sigmas, positive,
                                          negative, samples, callback=callback, disable_pbar=True, seed=0)
-        msg = (f"{sm.support.describe()}: sampled t={sched.edit_timestep} -> 0 in {len(sched.timesteps)} steps; "
+        msg = (f"sampled t={sched.edit_timestep} -> 0 in {len(sched.timesteps)} steps on {sm.support.describe()}; "
                + (run.stats.describe() + run.describe_passes() if consistency else "consistency off"))
         missed = run.stats.misses + run.extra_stats.misses
         if consistency and (missed or run.unexpected_sigmas or run.shadowed):

@@ -3,13 +3,13 @@ real server on the tiny SD1.5 model (4 decoder self-attention layers).
 
 * PerturbedAttentionGuidance (cfg 1 and 3) and SelfAttentionGuidance (cfg 3) run a second model pass at
   the same sigma after the sampler's own one. The K/V FastDragInvert stores must be the sampler's own
-  pass: with one inversion step (t = 1, the UNet sees the clean latent in every run) they must equal, bit
-  for bit, the K/V of the same inversion without the guidance node. Every pass is injected.
+  pass: with one inversion step (t = 1, the UNet sees the clean latent in every run) they must equal the
+  K/V of the same inversion without the guidance node (PAG bit for bit; SAG up to the rounding of its
+  own middle-block attention). Every pass is injected.
 * Another pack's attn1 replace on the same decoder layers (per layer or per block) keeps running: it is
   chained and receives FastDrag's K/V.
 """
 
-import os
 import re
 import uuid
 
@@ -103,13 +103,13 @@ def test_other_packs_attn1_replace_is_chained(server, tmp_path, mode):
     p["other"] = {"class_type": "FastDragTestAttn1Replace", "inputs": {"model": ["ckpt", 0], "tag": tag,
                                                                         "mode": mode, "scale": 1.0}}
     p["pts"] = points_node(points_json(DRAG))
-    p["inv"] = invert_node(model=("other", 0), steps=8)
+    p["inv"] = invert_node(model=("other", 0), strength=0.3)
     p["warp"] = {"class_type": "FastDragWarp", "inputs": {"latent": ["inv", 0], "drag": ["pts", 0],
                                                           "handle_on_cell": "paper"}}
     p["fill"] = {"class_type": "FastDragBNNI", "inputs": {"latent": ["warp", 0], "null_mask": ["warp", 1],
                                                           "fill": "bnni"}}
     p["samp"] = sample_node(("fill", 0), ("inv", 1), model=("other", 0))
-    p["e_plain"] = edit_node(steps=8)
+    p["e_plain"] = edit_node(strength=0.3)
     p["report"] = {"class_type": "FastDragTestAttn1Report", "inputs": {"latent": ["samp", 0], "tag": tag,
                                                                         "path": f["calls"]}}
     p["s1"] = save_node(f["plain"], latent=("e_plain", 1))
@@ -117,7 +117,7 @@ def test_other_packs_attn1_replace_is_chained(server, tmp_path, mode):
     p["s3"] = save_kv_tensors(f["kv"], kv=("inv", 1))
     server.run(p)
     r = {k: load(v) for k, v in f.items()}
-    k = round(0.7 * 8)
+    k = 3
     assert r["calls"]["calls"] == 2 * LAYERS * k, r["calls"]["calls"]
     assert torch.equal(r["plain"]["latent"], r["other"]["latent"])
     # sampling calls (the second half), in UNet order: t descending, decoder layers in order

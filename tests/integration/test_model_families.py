@@ -33,6 +33,13 @@ def load(path):
     return torch.load(path, weights_only=False)
 
 
+def injection(server, entry, node):
+    text = " ".join(server.texts(entry, node))
+    m = re.search(r"(\d+) hits, (\d+) uncond->cond fallbacks, (\d+) misses", text)
+    assert m, f"no injection stats in {node}'s text: {text!r}"
+    return tuple(int(g) for g in m.groups())
+
+
 def family_base(ckpt):
     # the empty prompt, as in the example workflow (ComfyUI computes identical nodes once); the cfg > 1
     # negative is zeroed out instead of encoded (the SDXL text encoder costs ~1 s per prompt on a CPU)
@@ -69,6 +76,83 @@ def example_workflow(server, ckpt, prefix="wf_"):
     return out, edit_id
 
 
+# -- LCM sampling (issue 7 item 1) ------------------------------------------------------------------
+
+def test_lcm_sampling_runs_as_plain_eps_like_the_official_code(server, tmp_path):
+    """ModelSamplingDiscrete(lcm) in front of the model: the edit runs end to end at t = 601 and equals
+    the edit without it; both nodes say so."""
+    from graphs import base
+    f = {k: str(tmp_path / f"{k}.pt") for k in ("plain", "lcm", "inv")}
+    p = base(server.ckpt_name)
+    del p["enc"]
+    p["lcm"] = {"class_type": "ModelSamplingDiscrete", "inputs": {"model": ["ckpt", 0], "sampling": "lcm",
+                                                                 "zsnr": False}}
+    p["pts"] = points_node(points_json([((48, 48), (64, 60))]))
+    p["enc"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["img", 0], "vae": ["ckpt", 2]}}
+    p["inv"] = invert_node(model=("lcm", 0))
+    p["inv"]["inputs"]["kv_device"] = "auto"  # the inputs of e_lcm's inversion: ComfyUI runs it once
+    p["e_plain"] = edit_node()
+    p["e_lcm"] = edit_node(model=("lcm", 0))
+    p["s1"] = save_node(f["plain"], latent=("e_plain", 1))
+    p["s2"] = save_node(f["lcm"], latent=("e_lcm", 1))
+    p["s3"] = save_node(f["inv"], latent=("inv", 0))
+    entry = server.run(p)
+    plain, lcm = load(f["plain"])["latent"], load(f["lcm"])["latent"]
+    assert torch.equal(plain, lcm), float((plain - lcm).abs().max())
+    assert load(f["inv"])["timesteps"] == [601, 501, 401, 301, 201, 101, 1]
+    note = "LCM sampling detected: FastDrag runs the UNet as a plain eps model on the 1000-step DDIM schedule"
+    assert note in " ".join(server.texts(entry, "inv"))
+    assert server.log_text().count(note) >= 3  # FastDragInvert x2 (inv, e_lcm's) and FastDragSample
+
+
+def test_zero_terminal_snr_v_prediction_runs(server, tmp_path):
+    """ModelSamplingDiscrete(v_prediction, zsnr) (v-prediction fine-tunes with a zero-terminal-SNR table)
+    is a discrete v model: inversion and sampling run with every K/V entry captured and injected."""
+    from graphs import base
+    p = base(server.ckpt_name)
+    p["ms"] = {"class_type": "ModelSamplingDiscrete", "inputs": {"model": ["ckpt", 0], "sampling": "v_prediction",
+                                                                "zsnr": True}}
+    p["inv"] = invert_node(model=("ms", 0), steps=STEPS, strength=STRENGTH)
+    p["s"] = sample_node(("inv", 0), ("inv", 1), model=("ms", 0))
+    p["save"] = save_node(str(tmp_path / "z.pt"), latent=("s", 0))
+    entry = server.run(p)
+    assert " ".join(server.texts(entry, "inv")).startswith("inverted to t=201 in 3 steps on SD1.x, v_prediction; ")
+    assert injection(server, entry, "s") == (4 * K, 0, 0)  # the tiny SD1.5's 4 decoder layers
+    assert torch.isfinite(load(str(tmp_path / "z.pt"))["latent"]).all()
+
+
+# -- refused families: before any UNet call, naming the family and what to change ----------------------
+
+@pytest.mark.parametrize("node,inputs,needle", [
+    ("ModelSamplingDiscrete", {"sampling": "x0", "zsnr": False}, "predicts x0 directly"),
+    ("ModelSamplingDiscrete", {"sampling": "img_to_img", "zsnr": False}, "img_to_img sampling"),
+    ("ModelSamplingContinuousEDM", {"sampling": "edm_playground_v2.5", "sigma_max": 80.0, "sigma_min": 0.002},
+     "continuous-time EDM sampling"),
+    ("ModelSamplingContinuousEDM", {"sampling": "eps", "sigma_max": 120.0, "sigma_min": 0.002},
+     "continuous-time EDM sampling"),
+    ("ModelSamplingSD3", {"shift": 3.0}, "flow-matching sampling"),
+    ("ModelSamplingFlux", {"max_shift": 1.15, "base_shift": 0.5, "width": 1024, "height": 1024},
+     "flow-matching sampling"),
+])
+def test_refused_sampling(server, node, inputs, needle):
+    from graphs import base
+    p = base(server.ckpt_name)
+    p["ms"] = {"class_type": node, "inputs": {"model": ["ckpt", 0], **inputs}}
+    p["inv"] = invert_node(model=("ms", 0))
+    p["save"] = save_node("/nonexistent/never.pt", latent=("inv", 0))
+    before = server.log_text().count("FastDragInvert: inverted")
+    with pytest.raises(PromptError) as e:
+        server.run(p)
+    assert e.value.node_type == "FastDragInvert"
+    msg = e.value.message
+    assert msg.startswith("ValueError: FastDragInvert: this SD1.x model ") and needle in msg, msg
+    assert "FastDrag supports SD1.x, SD2.x (eps and v-prediction) and SDXL-family" in msg, msg
+    assert "remove the model sampling node" in msg or "ModelSamplingDiscrete(x0)" in msg, msg
+    assert server.log_text().count("FastDragInvert: inverted") == before  # no inversion ran
+
+
+# -- SDXL and SD2.x-v (after the SD1.5 tests above, which reuse the model the previous module loaded) --
+
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
 def family_run(request, server, tmp_path_factory):
     """One prompt per family: stage pipeline at cfg 1 and 3, a no-op FastDragEdit, the float64 reference
@@ -99,18 +183,11 @@ def family_run(request, server, tmp_path_factory):
     return kind, entry, {k: load(v) for k, v in f.items()}
 
 
-def injection(server, entry, node):
-    text = " ".join(server.texts(entry, node))
-    m = re.search(r"(\d+) hits, (\d+) uncond->cond fallbacks, (\d+) misses", text)
-    assert m, f"no injection stats in {node}'s text: {text!r}"
-    return tuple(int(g) for g in m.groups())
-
-
 def test_family_is_recognised(server, family_run):
     kind, entry, _ = family_run
     _, label, pred = FAMILIES[kind]
     text = " ".join(server.texts(entry, "inv"))
-    assert text.startswith(f"{label}, {pred}: inverted to t=201 in 3 steps"), text
+    assert text.startswith(f"inverted to t=201 in 3 steps on {label}, {pred}; "), text
 
 
 def test_noop_edit_equals_invert_then_sample(family_run):
@@ -149,77 +226,3 @@ def test_example_workflow_runs_and_edits(family_run):
     assert r["wf"]["latent"].shape == (1, 4, SIZE // 8, SIZE // 8)
     images = [img for out in entry["outputs"].values() for img in out.get("images", [])]
     assert len(images) == 1 and images[0]["filename"].startswith("FastDrag_SDXL"), entry["outputs"]
-
-
-# -- LCM sampling (issue 7 item 1) ------------------------------------------------------------------
-
-def test_lcm_sampling_runs_as_plain_eps_like_the_official_code(server, tmp_path):
-    """ModelSamplingDiscrete(lcm) in front of the model: the edit runs end to end at t = 601 and equals
-    the edit without it; both nodes say so."""
-    from graphs import base
-    f = {k: str(tmp_path / f"{k}.pt") for k in ("plain", "lcm", "inv")}
-    p = base(server.ckpt_name)
-    del p["enc"]
-    p["lcm"] = {"class_type": "ModelSamplingDiscrete", "inputs": {"model": ["ckpt", 0], "sampling": "lcm",
-                                                                 "zsnr": False}}
-    p["pts"] = points_node(points_json([((48, 48), (64, 60))]))
-    p["enc"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["img", 0], "vae": ["ckpt", 2]}}
-    p["inv"] = invert_node(model=("lcm", 0))
-    p["e_plain"] = edit_node(steps=9)
-    p["e_lcm"] = edit_node(model=("lcm", 0), steps=9)
-    p["s1"] = save_node(f["plain"], latent=("e_plain", 1))
-    p["s2"] = save_node(f["lcm"], latent=("e_lcm", 1))
-    p["s3"] = save_node(f["inv"], latent=("inv", 0))
-    entry = server.run(p)
-    plain, lcm = load(f["plain"])["latent"], load(f["lcm"])["latent"]
-    assert torch.equal(plain, lcm), float((plain - lcm).abs().max())
-    assert load(f["inv"])["timesteps"] == [601, 501, 401, 301, 201, 101, 1]
-    note = "LCM sampling detected: FastDrag runs the UNet as a plain eps model on the 1000-step DDIM schedule"
-    assert note in " ".join(server.texts(entry, "inv"))
-    assert server.log_text().count(note) >= 3  # FastDragInvert x2 (inv, e_lcm's) and FastDragSample
-
-
-def test_zero_terminal_snr_v_prediction_runs(server, tmp_path):
-    """ModelSamplingDiscrete(v_prediction, zsnr) (v-prediction fine-tunes with a zero-terminal-SNR table)
-    is a discrete v model: inversion and sampling run with every K/V entry captured and injected."""
-    from graphs import base
-    p = base(server.ckpt_name)
-    p["ms"] = {"class_type": "ModelSamplingDiscrete", "inputs": {"model": ["ckpt", 0], "sampling": "v_prediction",
-                                                                "zsnr": True}}
-    p["inv"] = invert_node(model=("ms", 0), steps=STEPS, strength=STRENGTH)
-    p["s"] = sample_node(("inv", 0), ("inv", 1), model=("ms", 0))
-    p["save"] = save_node(str(tmp_path / "z.pt"), latent=("s", 0))
-    entry = server.run(p)
-    assert " ".join(server.texts(entry, "inv")).startswith("SD1.x, v_prediction: inverted to t=201 in 3 steps")
-    assert injection(server, entry, "s") == (4 * K, 0, 0)  # the tiny SD1.5's 4 decoder layers
-    assert torch.isfinite(load(str(tmp_path / "z.pt"))["latent"]).all()
-
-
-# -- refused families: before any UNet call, naming the family and what to change ----------------------
-
-@pytest.mark.parametrize("node,inputs,needle", [
-    ("ModelSamplingDiscrete", {"sampling": "x0", "zsnr": False}, "predicts x0 directly"),
-    ("ModelSamplingDiscrete", {"sampling": "img_to_img", "zsnr": False}, "img_to_img sampling"),
-    ("ModelSamplingContinuousEDM", {"sampling": "edm_playground_v2.5", "sigma_max": 80.0, "sigma_min": 0.002},
-     "continuous-time EDM sampling"),
-    ("ModelSamplingContinuousEDM", {"sampling": "eps", "sigma_max": 120.0, "sigma_min": 0.002},
-     "continuous-time EDM sampling"),
-    ("ModelSamplingSD3", {"shift": 3.0}, "flow-matching sampling"),
-    ("ModelSamplingFlux", {"max_shift": 1.15, "base_shift": 0.5, "width": 1024, "height": 1024},
-     "flow-matching sampling"),
-])
-def test_refused_sampling(server, node, inputs, needle):
-    from graphs import base
-    p = base(server.ckpt_name)
-    p["ms"] = {"class_type": node, "inputs": {"model": ["ckpt", 0], **inputs}}
-    p["inv"] = invert_node(model=("ms", 0))
-    p["save"] = save_node("/nonexistent/never.pt", latent=("inv", 0))
-    before = server.log_text().count("FastDragInvert: SD")
-    with pytest.raises(PromptError) as e:
-        server.run(p)
-    assert e.value.node_type == "FastDragInvert"
-    msg = e.value.message
-    assert msg.startswith("ValueError: FastDragInvert: this SD1.x model ") and needle in msg, msg
-    assert "FastDrag supports SD1.x, SD2.x (eps and v-prediction) and SDXL-family" in msg, msg
-    assert "remove the model sampling node" in msg or "ModelSamplingDiscrete(x0)" in msg, msg
-    assert server.log_text().count("FastDragInvert: SD") == before  # no inversion ran
