@@ -71,6 +71,7 @@ def example_workflow(server, ckpt, prefix="wf_"):
             inputs["image"] = IMAGE64
         elif kind == "FastDragEdit":
             assert (inputs["steps"], inputs["strength"], inputs["cfg"]) == (10, 0.7, 1), inputs
+            inputs["strength"] = STRENGTH  # 3 steps, as the rest of the fixture (a tiny-SDXL call is ~0.3 s)
             edit_id = prefix + nid
         out[prefix + nid] = {"class_type": kind, "inputs": inputs}
     return out, edit_id
@@ -156,7 +157,7 @@ def test_refused_sampling(server, node, inputs, needle):
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
 def family_run(request, server, tmp_path_factory):
     """One prompt per family: stage pipeline at cfg 1 and 3, a no-op FastDragEdit, the float64 reference
-    inversion, and the example workflow (its own settings: 10 steps, strength 0.7, a real drag)."""
+    inversion, and the example workflow (its graph and drag; strength 0.3 like the rest)."""
     kind = request.param
     ckpt = server.add_checkpoint(kind)
     server.write_input(IMAGE64, pattern_png(SIZE, SIZE))
@@ -166,6 +167,7 @@ def family_run(request, server, tmp_path_factory):
     wf, wf_edit = example_workflow(server, ckpt)
     p.update(wf)
     p["inv"] = invert_node(steps=STEPS, strength=STRENGTH)
+    p["inv"]["inputs"]["kv_device"] = "auto"  # as FastDragEdit passes it: one inversion for inv, noop and wf
     p["s_on"] = sample_node(("inv", 0), ("inv", 1))
     p["pts_noop"] = points_node(points_json(NOOP, SIZE, SIZE))
     p["noop"] = edit_node(drag=("pts_noop", 0), steps=STEPS, strength=STRENGTH)
@@ -220,7 +222,8 @@ def test_inversion_matches_float64_official(family_run):
 
 
 def test_example_workflow_runs_and_edits(family_run):
-    """workflows/fastdrag_sdxl.json (its drag, defaults 10 steps / 0.7 / cfg 1) on the tiny model."""
+    """workflows/fastdrag_sdxl.json (its graph and drag; it ships 10 steps / 0.7 / cfg 1, run at 0.3) on the
+    tiny model."""
     _, entry, r = family_run
     assert r["wf"]["image"].shape == (1, SIZE, SIZE, 3)
     assert r["wf"]["latent"].shape == (1, 4, SIZE // 8, SIZE // 8)
