@@ -126,3 +126,18 @@ def test_other_packs_attn1_replace_is_chained(server, tmp_path, mode):
     timesteps = sorted({key[1] for key in kv}, reverse=True)
     expected = [float(kv[(layer, t, 0)][0].double().sum()) for t in timesteps for layer in layers]
     assert r["calls"]["k_sums"][LAYERS * k:] == expected
+
+
+def test_several_conditioning_entries_per_chunk_warn(server):
+    """ConditioningCombine gives the positive two entries, batched as chunks [0, 0] in one call: the first
+    entry's K/V are kept and the node says so (log and text), instead of silently overwriting."""
+    p = base(server.ckpt_name)
+    p["both"] = {"class_type": "ConditioningCombine", "inputs": {"conditioning_1": ["pos", 0],
+                                                                 "conditioning_2": ["neg", 0]}}
+    p["inv"] = invert_node(positive=("both", 0), strength=0.1)
+    p["show"] = {"class_type": "PreviewAny", "inputs": {"source": ["inv", 1]}}
+    entry = server.run(p)
+    text = " ".join(server.texts(entry, "inv"))
+    assert f"WARNING: {LAYERS} K/V writes repeated a (layer, timestep, chunk) within one model pass" in text, text
+    assert "ConditioningCombine" in text and f"{LAYERS} K/V entries = {LAYERS} layers x 1 timesteps" in text
+    assert "K/V writes repeated a (layer, timestep, chunk) within one model pass" in server.log_text()
