@@ -1,6 +1,7 @@
 """DDIM (eta = 0) steps and FastDrag's DDIM inversion step, in ComfyUI's sigma parameterisation.
 
-Pure PyTorch. Notation (fastdrag-method.md §1.5-§1.6): ᾱ_t = alphas_cumprod[t] and
+Pure PyTorch; the steps take ε, which ``eps_from_denoised`` derives from ComfyUI's x̂₀ for eps and
+v-prediction models alike. Notation (fastdrag-method.md §1.5-§1.6): ᾱ_t = alphas_cumprod[t] and
 σ_t = sqrt((1 - ᾱ_t) / ᾱ_t). A diffusers latent z_t = sqrt(ᾱ_t) x0 + sqrt(1 - ᾱ_t) ε corresponds to
 ComfyUI's "VE" sampler variable x = z_t / sqrt(ᾱ_t) = x0 + σ_t ε, which is what ComfyUI sampler
 functions receive and return; an EPS model called at σ sees x / sqrt(σ² + 1) = z_t.
@@ -57,7 +58,11 @@ def _f(s) -> float:
 
 
 def eps_from_denoised(x: torch.Tensor, denoised: torch.Tensor, sigma) -> torch.Tensor:
-    """ε from ComfyUI's x0 prediction of an EPS model: denoised = x − σ ε."""
+    """ε = (x − x̂₀)/σ from ComfyUI's x0 prediction ``denoised`` at σ.
+
+    ComfyUI's wrapped model returns x̂₀ whatever the parameterisation, so this holds for eps models
+    (x̂₀ = x − σ·ε_θ, giving ε_θ back) and v-prediction models alike (x̂₀ = √ᾱ·z − √(1−ᾱ)·v in z-space,
+    giving ε = √ᾱ·v + √(1−ᾱ)·z, diffusers' DDIM ``pred_epsilon``), with ᾱ the model's ᾱ at σ."""
     return (x - denoised) / _f(sigma)
 
 

@@ -90,42 +90,57 @@ class KVStore:
     """
 
     def __init__(self, schedule: Optional[KVSchedule] = None, *, dtype: torch.dtype = torch.float16,
-                 device: Optional[torch.device | str] = None, fits=None):
+                 device: Optional[torch.device | str] = None, fits=None, spill_device: torch.device | str = "cpu"):
         self.schedule = schedule
         self.fits = fits
+        self.spill_device = torch.device(spill_device)
         self.spilled = 0
         self.dtype = dtype
         self.device = None if device is None else torch.device(device)
         self._entries: dict[Key, tuple[torch.Tensor, torch.Tensor]] = {}
         self._frozen = False
-        self.captures = 0
-        self.overwrites = 0
+        self.captures = 0   # capture() calls
+        self.writes = 0     # chunk entries stored
+        self.repeats = 0    # chunk entries not stored because their key was already there (first write wins)
 
     # -- building ---------------------------------------------------------------------------
     def capture(self, layer: Hashable, timestep: int, chunks: Sequence[int], k: torch.Tensor,
-                v: torch.Tensor) -> None:
+                v: torch.Tensor) -> int:
         """Store K and V of one attention call, split into its cond/uncond ``chunks``.
+
+        The first write of a key wins: a later call for the same (layer, timestep, chunk), e.g. the
+        extra pass that PAG or SAG run at the same sigma after the sampler's own pass, is counted in
+        ``repeats`` and not stored.
 
         Args:
             k, v: [B_total, tokens, channels]; B_total is split evenly into ``len(chunks)`` parts.
+        Returns:
+            the number of chunks not stored because their key was already there.
         """
         if self._frozen:
             raise RuntimeError("KVStore is frozen (it was already returned by a node); capture into a new one")
         n = len(chunks)
         if n == 0 or k.shape[0] % n or v.shape[0] != k.shape[0]:
             raise ValueError(f"cannot split K {list(k.shape)} / V {list(v.shape)} into chunks {list(chunks)}")
+        repeated = 0
         for c, kk, vv in zip(chunks, k.chunk(n), v.chunk(n)):
             key = (layer, int(timestep), int(c))
             if key in self._entries:
-                self.overwrites += 1
+                repeated += 1
+                continue
             self._entries[key] = (self._keep(kk), self._keep(vv))
+            self.writes += 1
+        self.repeats += repeated
         self.captures += 1
+        return repeated
 
     def _keep(self, t: torch.Tensor) -> torch.Tensor:
+        """A detached copy in ``dtype`` on ``device``; with ``device=None``, on the tensor's own device
+        unless ``fits(nbytes)`` says no, then on ``spill_device`` (counted in ``spilled``)."""
         dev = t.device if self.device is None else self.device
-        if self.device is None and self.fits is not None and dev.type != "cpu":
+        if self.device is None and self.fits is not None and dev != self.spill_device:
             if not self.fits(t.numel() * torch.empty((), dtype=self.dtype).element_size()):
-                dev = torch.device("cpu")
+                dev = self.spill_device
                 self.spilled += 1
         return t.detach().to(device=dev, dtype=self.dtype, copy=True)
 
@@ -180,7 +195,7 @@ class KVStore:
             return self
         out = KVStore(self.schedule, dtype=self.dtype, device=device)
         out._entries = {k: (a.to(device), b.to(device)) for k, (a, b) in self._entries.items()}
-        out.captures, out.overwrites = self.captures, self.overwrites
+        out.captures, out.writes, out.repeats = self.captures, self.writes, self.repeats
         return out.freeze()
 
     def describe(self) -> str:
@@ -188,7 +203,7 @@ class KVStore:
         return (f"{len(self)} K/V entries = {len(self.layers)} layers x {len(self.timesteps)} timesteps x "
                 f"{len(self.chunks)} chunks, {format_bytes(self.nbytes)} {str(self.dtype).replace('torch.', '')} "
                 f"on {','.join(sorted(self.devices())) or '-'}"
-                + (f" ({self.spilled} tensors spilled to cpu)" if self.spilled else "") + f"; {sched}")
+                + (f" ({self.spilled} tensors spilled to {self.spill_device})" if self.spilled else "") + f"; {sched}")
 
     def __repr__(self):
         return f"KVStore({self.describe()})"

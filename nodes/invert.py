@@ -14,8 +14,8 @@ import comfy.utils
 
 from ..fastdrag_core import ddim
 from ..fastdrag_core.kv import KVSchedule, KVStore
-from .patches import (INVERT_SAMPLER, KVRun, check_eps_discrete, decoder_attn1_sites, patch_model,
-                      zero_conditioning)
+from .model_support import supported_model
+from .patches import INVERT_SAMPLER, KVRun, decoder_attn1_sites, patch_model, zero_conditioning
 from .types import LATENT_TAG, FastDragKV
 
 log = logging.getLogger(__name__)
@@ -71,8 +71,9 @@ class FastDragInvert(io.ComfyNode):
             description="Official DDIM inversion of a clean latent to the edit timestep, capturing K/V "
                         "of every decoder self-attention layer at every step for FastDragSample.",
             inputs=[
-                io.Model.Input("model", tooltip="An SD1.x-family (eps-prediction) model; LoRAs and other "
-                                                "model patches apply."),
+                io.Model.Input("model", tooltip="An SD1.x, SD2.x or SDXL-family model (eps or v-prediction; "
+                                                "LCM sampling runs as plain eps, as officially). LoRAs and "
+                                                "other model patches apply."),
                 io.Conditioning.Input("positive", tooltip="Prompt conditioning (FastDrag's default is the "
                                                           "image prompt or the empty prompt)."),
                 io.Latent.Input("latent", tooltip="The clean latent of the image (VAEEncode)."),
@@ -102,8 +103,9 @@ class FastDragInvert(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, latent, steps, strength, cfg, negative=None,
                 kv_device="auto") -> io.NodeOutput:
+        sm = supported_model(model, NODE)  # refuses unsupported families before any work
+        ms = sm.model_sampling
         samples = check_latent(latent, NODE)
-        ms = check_eps_discrete(model, NODE)
         samples = comfy.sample.fix_empty_latent_channels(model, samples)
         sched = edit_schedule(ms, steps, strength, samples.shape)
         k = len(sched.timesteps)
@@ -114,9 +116,11 @@ class FastDragInvert(io.ComfyNode):
                         fits=_fits_on(model.load_device) if kv_device == "auto" else None)
         run = KVRun("capture", store, sched)
         sites = decoder_attn1_sites(model, NODE)
-        m = patch_model(model, run, sites)
+        m = patch_model(model, run, sites, model_sampling=ms if sm.support.lcm else None)
         if negative is None:
             negative = zero_conditioning(positive)
+        if sm.note:
+            log.info("[FastDrag] %s: %s", NODE, sm.note)
 
         pbar = comfy.utils.ProgressBar(k)
 
@@ -127,16 +131,35 @@ class FastDragInvert(io.ComfyNode):
         out = comfy.sample.sample_custom(m, torch.zeros_like(samples), cfg, INVERT_SAMPLER, inv_sigmas,
                                          positive, negative, samples, callback=callback, disable_pbar=True, seed=0)
         store.freeze()
-        chunks = len(store.chunks)
-        expected = len(sites) * k * chunks
-        if len(store) != expected or run.unexpected_sigmas:
-            raise RuntimeError(f"{NODE}: captured {len(store)} K/V entries, expected {len(sites)} layers x {k} "
-                               f"steps x {chunks} chunks = {expected} (unexpected sigmas: "
-                               f"{sorted(run.unexpected_sigmas)}); another sampler patch changed the model calls")
-        msg = f"inverted to t={sched.edit_timestep} in {k} steps; {store.describe()}"
+        check_capture(run, store, sites, k)
+        msg = (f"inverted to t={sched.edit_timestep} in {k} steps on {sm.support.describe()}; {store.describe()}"
+               + run.describe_passes())
         log.info("[FastDrag] %s: %s", NODE, msg)
+        if run.same_pass_repeats:
+            warning = (f"{run.same_pass_repeats} K/V writes repeated a (layer, timestep, chunk) within one model "
+                       "pass (several conditioning entries per cond/uncond: ConditioningCombine, area or "
+                       "timestep-range conds); the first entry's K/V are kept and injected for all of them")
+            log.warning("[FastDrag] %s: %s", NODE, warning)
+            msg += "\nWARNING: " + warning
+        if sm.note:
+            msg = sm.note + "\n" + msg
         out_latent = dict(latent)
         out_latent["samples"] = out
         out_latent[LATENT_TAG] = {"schedule": sched,
                                   "scale_factor": float(model.get_model_object("latent_format").scale_factor)}
         return io.NodeOutput(out_latent, store, ui=ui.PreviewText(msg))
+
+
+def check_capture(run: KVRun, store: KVStore, sites, k: int, node: str = NODE):
+    """Every decoder layer x timestep x chunk stored exactly once, from calls at the schedule's sigmas."""
+    chunks = len(store.chunks)
+    expected = len(sites) * k * chunks
+    if len(store) == expected and store.writes == expected and not run.unexpected_sigmas:
+        return
+    hidden = sorted(run.shadowed, key=repr)
+    raise RuntimeError(
+        f"{node}: captured {len(store)} K/V entries ({store.writes} writes), expected {len(sites)} layers x {k} "
+        f"steps x {chunks} chunks = {expected} (model calls at sigmas off the schedule: "
+        f"{sorted(run.unexpected_sigmas) or 'none'}"
+        + (f"; another attn1 replace patch hid FastDrag's on {len(hidden)} layers, e.g. {hidden[0]}" if hidden else "")
+        + "); another sampler or attention patch changed the model calls")

@@ -19,6 +19,7 @@ import comfy.latent_formats
 import comfy.ldm.modules.attention as comfy_attention
 import comfy.model_management
 import comfy.model_sampling
+import comfy.patcher_extension
 import comfy.samplers
 from comfy.ldm.modules.attention import SpatialTransformer
 
@@ -50,7 +51,8 @@ def decoder_attn1_sites(model_patcher, node: str) -> list[Site]:
 
 
 def check_eps_discrete(model_patcher, node: str):
-    """FastDrag's DDIM maths needs a discrete-time eps-prediction model with SD1.x latents."""
+    """Strict check for nodes tied to SD1.x layer positions: a discrete-time eps-prediction model with
+    SD1.x latents. (The FastDrag nodes accept more families: ``model_support.supported_model``.)"""
     ms = model_patcher.get_model_object("model_sampling")
     kinds = [k for k in ("IMG_TO_IMG", "X0", "EDM", "V_PREDICTION", "CONST", "EPS")
              if isinstance(ms, getattr(comfy.model_sampling, k, ()))]
@@ -68,6 +70,15 @@ def check_eps_discrete(model_patcher, node: str):
 class KVRun:
     """State of one inversion or sampling run, shared by the patches of all layers.
 
+    Passes: ComfyUI's sampler evaluates the model once per step (``calc_cond_batch`` with the cond and
+    uncond chunks), but guidance patches add passes at the same sigma afterwards: PerturbedAttentionGuidance
+    re-runs the cond chunk with a perturbed middle block, SelfAttentionGuidance the uncond chunk on a
+    blurred input. A ``CALC_COND_BATCH`` wrapper (:class:`KVPassWrapper`) numbers the passes per sigma.
+    Capture stores the first write of each (layer, timestep, chunk), i.e. the sampler's own pass, and
+    counts the writes of later passes (``extra_pass_repeats``, expected) apart from repeats inside one pass
+    (``same_pass_repeats``: several conditioning entries per chunk, reported as a warning). Injection
+    serves every pass (``stats`` for the first pass at a sigma, ``extra_stats`` for the others).
+
     ``copy.deepcopy`` returns self: ``ModelPatcher.clone`` and ComfyUI's per-run option copies
     duplicate patch objects, and every copy must talk to this run."""
 
@@ -75,9 +86,18 @@ class KVRun:
         assert mode in ("capture", "inject")
         self.mode, self.store, self.schedule = mode, store, schedule
         self.policy = policy or KVPolicy()
-        self.stats = InjectionStats()
+        self.stats = InjectionStats()        # the first pass at each sigma (the sampler's own)
+        self.extra_stats = InjectionStats()  # later passes at the same sigma (PAG, SAG, ...)
         self._last = (None, None)  # (sigma tensor, timestep): one host sync per model call, not per layer
         self.unexpected_sigmas: set[float] = set()
+        self.sites: tuple = ()
+        self._passes: dict[float, int] = {}  # sigma -> passes begun at it
+        self._first_conds: dict[float, list] = {}  # sigma -> conds of the first pass
+        self._stack: list[tuple] = []  # (pass index, {site: block-level attn1 replace}, chunk map) per open pass
+        self.extra_passes = 0
+        self.extra_pass_repeats = 0
+        self.same_pass_repeats = 0
+        self.shadowed: set = set()  # sites whose FastDrag patch another exact-site replace hid in some pass
 
     def timestep(self, extra_options) -> Optional[int]:
         sig = extra_options["sigmas"]
@@ -90,26 +110,113 @@ class KVRun:
         self._last = (sig, t)
         return t
 
+    # -- passes (called by KVPassWrapper) ------------------------------------------------------
+    def begin_pass(self, sigma: float, conds, model_options: dict) -> int:
+        """A ``calc_cond_batch`` pass begins at ``sigma`` with the conditioning lists ``conds``.
+
+        ComfyUI numbers the chunks of a pass by position in ``conds`` (``cond_or_uncond``): the
+        sampler's pass has [cond, uncond], but SAG's extra pass is [uncond] and so calls it chunk 0.
+        Chunks of a later pass are mapped back to the first pass's numbering by the identity of the
+        conditioning list, so that SAG's uncond pass is served the uncond K/V."""
+        index = self._passes.get(sigma, 0)
+        self._passes[sigma] = index + 1
+        conds = list(conds)
+        if index == 0:
+            self._first_conds[sigma] = conds
+            chunk_map = None
+        else:
+            self.extra_passes += 1
+            first = self._first_conds.get(sigma, [])
+            chunk_map = {i: next((j for j, f in enumerate(first) if f is not None and f is c), i)
+                         for i, c in enumerate(conds)}
+        attn1 = (model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn1", {}))
+        block_level = {}
+        for site in self.sites:
+            exact = attn1.get(tuple(site))
+            if not (isinstance(exact, KVAttn1Patch) and exact.run is self):
+                self.shadowed.add(site)  # ComfyUI calls that patch instead of ours in this pass
+            block_level[site] = attn1.get(tuple(site[:2]))
+        self._stack.append((index, block_level, chunk_map))
+        return index
+
+    def end_pass(self):
+        self._stack.pop()
+
+    @property
+    def pass_index(self) -> int:
+        """0 = the first pass at this sigma (also when no pass was announced)."""
+        return self._stack[-1][0] if self._stack else 0
+
+    def chunks(self, cond_or_uncond) -> list:
+        """The chunk ids of an attention call, in the numbering of the first pass at this sigma."""
+        chunk_map = self._stack[-1][2] if self._stack else None
+        return list(cond_or_uncond) if not chunk_map else [chunk_map.get(c, c) for c in cond_or_uncond]
+
+    def block_replace(self, site, default):
+        """The block-level (``(block, id)``) attn1 replace of the current pass, which FastDrag's
+        exact-site patch would hide: it is chained instead."""
+        return self._stack[-1][1].get(site, default) if self._stack else default
+
+    def describe_passes(self) -> str:
+        if not self.extra_passes:
+            return ""
+        if self.mode == "capture":
+            return (f"; {self.extra_passes} extra passes at the same sigmas (e.g. PerturbedAttentionGuidance, "
+                    f"SelfAttentionGuidance): their {self.extra_pass_repeats} K/V writes ignored, the sampler's "
+                    "own pass stored")
+        return (f"; {self.extra_passes} extra passes at the same sigmas (e.g. PAG, SAG) injected too: "
+                + self.extra_stats.describe().replace("K/V injection: ", ""))
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+class KVPassWrapper:
+    """``CALC_COND_BATCH`` wrapper: numbers the model passes at each sigma for :class:`KVRun`."""
+
+    def __init__(self, run: KVRun):
+        self.run = run
+
+    def __call__(self, executor, model, conds, x_in, timestep, model_options, *args, **kwargs):
+        self.run.begin_pass(float(timestep.flatten()[0]), conds, model_options)
+        try:
+            return executor(model, conds, x_in, timestep, model_options, *args, **kwargs)
+        finally:
+            self.run.end_pass()
+
     def __deepcopy__(self, memo):
         return self
 
 
 class KVAttn1Patch:
     """attn1 replace patch of one decoder layer: ``(q, k, v, extra_options) -> attention output``.
-    q/k/v are already projected ([B, tokens, heads*dim_head]); the result goes through to_out."""
+    q/k/v are already projected ([B, tokens, heads*dim_head]); the result goes through to_out.
 
-    def __init__(self, layer: Site, run: KVRun):
-        self.layer, self.run = layer, run
+    Another attn1 replace on the same layer is chained, never dropped: ``prev`` (one that was installed
+    on this exact site before) or the block-level ``(block, id)`` replace that this exact-site patch
+    hides in ComfyUI's lookup is called with the K/V FastDrag chose, instead of plain attention."""
+
+    def __init__(self, layer: Site, run: KVRun, prev=None, block_prev=None):
+        self.layer, self.run, self.prev, self.block_prev = layer, run, prev, block_prev
 
     def __call__(self, q, k, v, extra_options):
         run = self.run
         t = run.timestep(extra_options)
-        chunks = extra_options["cond_or_uncond"]
+        chunks = run.chunks(extra_options["cond_or_uncond"])
+        extra = run.pass_index > 0
         if run.mode == "capture":
             if t is not None:
-                run.store.capture(self.layer, t, chunks, k, v)
+                repeated = run.store.capture(self.layer, t, chunks, k, v)
+                if extra:
+                    run.extra_pass_repeats += repeated
+                else:
+                    run.same_pass_repeats += repeated
         else:
-            k, v = run.policy.select(run.store, self.layer, t, chunks, k, v, run.stats)
+            k, v = run.policy.select(run.store, self.layer, t, chunks, k, v,
+                                     run.extra_stats if extra else run.stats)
+        chained = self.prev if self.prev is not None else run.block_replace(self.layer, self.block_prev)
+        if chained is not None:
+            return chained(q, k, v, extra_options)
         return comfy_attention.optimized_attention(q, k, v, extra_options["n_heads"],
                                                    attn_precision=extra_options.get("attn_precision"),
                                                    transformer_options=extra_options)
@@ -118,11 +225,30 @@ class KVAttn1Patch:
         return self
 
 
-def patch_model(model_patcher, run: KVRun, sites: list[Site]):
-    """A clone of ``model_patcher`` with a K/V patch on every site (the input is never modified)."""
+WRAPPER_KEY = "fastdrag_kv_passes"
+
+
+def patch_model(model_patcher, run: KVRun, sites: list[Site], model_sampling=None):
+    """A clone of ``model_patcher`` with a K/V patch on every site (the input is never modified).
+
+    Attn1 replace patches already on those layers (another pack's, or the block-level ones a site
+    patch would hide) are chained by the new patches. ``model_sampling``: an object patch for the
+    clone (the plain eps sampling that replaces LCM's, see ``model_support``)."""
     m = model_patcher.clone()
-    for site in sites:
-        m.set_model_attn1_replace(KVAttn1Patch(site, run), *site)
+    if model_sampling is not None:
+        m.add_object_patch("model_sampling", model_sampling)
+    existing = (m.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn1", {}))
+    run.sites = tuple(tuple(s) for s in sites)
+    chained = []
+    for site in run.sites:
+        prev, block_prev = existing.get(site), existing.get(site[:2])
+        if prev is not None or block_prev is not None:
+            chained.append(site)
+        m.set_model_attn1_replace(KVAttn1Patch(site, run, prev=prev, block_prev=block_prev), *site)
+    m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, WRAPPER_KEY, KVPassWrapper(run))
+    if chained:
+        log.info("[FastDrag] chaining the attn1 replace patches already on %d decoder layers (e.g. %s): they run "
+                 "with FastDrag's K/V", len(chained), chained[0])
     return m
 
 

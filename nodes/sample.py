@@ -13,7 +13,8 @@ import comfy.utils
 
 from ..fastdrag_core.kv import KVPolicy, KVStore
 from .invert import check_latent, warn_noise_mask
-from .patches import DDIM_SAMPLER, KVRun, check_eps_discrete, decoder_attn1_sites, patch_model, zero_conditioning
+from .model_support import supported_model
+from .patches import DDIM_SAMPLER, KVRun, decoder_attn1_sites, patch_model, zero_conditioning
 from .types import LATENT_TAG, FastDragKV
 
 log = logging.getLogger(__name__)
@@ -21,7 +22,9 @@ NODE = "FastDragSample"
 
 
 def check_kv_matches(kv, latent, model, node: str = NODE):
-    """The K/V must come from an inversion of this latent's resolution, schedule and model schedule."""
+    """The K/V must come from an inversion of this latent's resolution, schedule and model schedule.
+    Returns (samples, SupportedModel)."""
+    sm = supported_model(model, node)
     if not isinstance(kv, KVStore) or not kv.frozen or kv.schedule is None:
         raise ValueError(f"{node}: kv is not a FASTDRAG_KV from FastDragInvert (got {type(kv).__name__})")
     sched = kv.schedule
@@ -35,12 +38,12 @@ def check_kv_matches(kv, latent, model, node: str = NODE):
         raise ValueError(f"{node}: latent was inverted with {tag['schedule'].describe()} but kv was "
                          f"captured with {sched.describe()} (another schedule); connect the kv and latent "
                          "of the same FastDragInvert")
-    ms = check_eps_discrete(model, node)
+    ms = sm.model_sampling
     for t, s in zip(sched.timesteps, sched.sigmas):
         if not math.isclose(float(ms.sigmas[t]), s, rel_tol=1e-4):
             raise ValueError(f"{node}: the model's sigma at t={t} is {float(ms.sigmas[t]):.5f} but kv was "
                              f"captured at {s:.5f}: kv from a model with another noise schedule")
-    return samples
+    return samples, sm
 
 
 class FastDragSample(io.ComfyNode):
@@ -71,13 +74,19 @@ class FastDragSample(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, latent, kv, cfg, consistency, negative=None) -> io.NodeOutput:
-        samples = check_kv_matches(kv, latent, model)
+        samples, sm = check_kv_matches(kv, latent, model)
         sched = kv.schedule
         sigmas = torch.tensor(sched.sigmas)
         run = KVRun("inject", kv, sched, KVPolicy(enabled=bool(consistency)))
-        m = patch_model(model, run, decoder_attn1_sites(model, NODE)) if consistency else model
+        lcm_sampling = sm.model_sampling if sm.support.lcm else None
+        if consistency:
+            m = patch_model(model, run, decoder_attn1_sites(model, NODE), model_sampling=lcm_sampling)
+        else:
+            m = sm.apply(model)
         if negative is None:
             negative = zero_conditioning(positive)
+        if sm.note:
+            log.info("[FastDrag] %s: %s", NODE, sm.note)
         pbar = comfy.utils.ProgressBar(len(sched.timesteps))
 
         def callback(step, x0, x, total):
@@ -86,13 +95,18 @@ class FastDragSample(io.ComfyNode):
         warn_noise_mask(latent, NODE)
         out = comfy.sample.sample_custom(m, torch.zeros_like(samples), cfg, DDIM_SAMPLER, sigmas, positive,
                                          negative, samples, callback=callback, disable_pbar=True, seed=0)
-        msg = (f"sampled t={sched.edit_timestep} -> 0 in {len(sched.timesteps)} steps; "
-               + (run.stats.describe() if consistency else "consistency off"))
-        if consistency and (run.stats.misses or run.unexpected_sigmas):
-            log.warning("[FastDrag] %s: %s; missing entries e.g. %s, unexpected sigmas %s", NODE, msg,
-                        run.stats.missed_keys[:3], sorted(run.unexpected_sigmas))
+        msg = (f"sampled t={sched.edit_timestep} -> 0 in {len(sched.timesteps)} steps on {sm.support.describe()}; "
+               + (run.stats.describe() + run.describe_passes() if consistency else "consistency off"))
+        missed = run.stats.misses + run.extra_stats.misses
+        if consistency and (missed or run.unexpected_sigmas or run.shadowed):
+            log.warning("[FastDrag] %s: %s; missing entries e.g. %s, unexpected sigmas %s, layers whose K/V patch "
+                        "another attn1 replace hid: %s", NODE, msg,
+                        (run.stats.missed_keys + run.extra_stats.missed_keys)[:3], sorted(run.unexpected_sigmas),
+                        sorted(run.shadowed, key=repr)[:3])
         else:
             log.info("[FastDrag] %s: %s", NODE, msg)
+        if sm.note:
+            msg = sm.note + "\n" + msg
         out_latent = {k: v for k, v in latent.items() if k != LATENT_TAG}
         out_latent["samples"] = out
         return io.NodeOutput(out_latent, ui=ui.PreviewText(msg))

@@ -109,3 +109,19 @@ def test_inversion_then_ddim_round_trip_with_exact_eps():
 
 def test_alphas_from_sigmas():
     assert torch.allclose(ddim.alphas_from_sigmas(SIGMAS), AC, rtol=1e-12)
+
+
+@pytest.mark.parametrize("alpha_bar", [0.999, 0.5, 0.16, 0.01])
+def test_eps_from_denoised_of_a_v_prediction_model(alpha_bar):
+    """A v model: z = √ᾱ x0 + √(1−ᾱ) ε, v = √ᾱ ε − √(1−ᾱ) x0. ComfyUI's V_PREDICTION.calculate_denoised
+    (comfy/model_sampling.py, σ_data = 1) on x = z/√ᾱ gives x̂₀ = x/(σ²+1) − v·σ/√(σ²+1); ε must come back."""
+    g = torch.Generator().manual_seed(3)
+    x0, eps = torch.randn(2, 4, 8, 8, dtype=torch.float64, generator=g)
+    a = torch.tensor(alpha_bar, dtype=torch.float64)
+    z = a.sqrt() * x0 + (1 - a).sqrt() * eps
+    v = a.sqrt() * eps - (1 - a).sqrt() * x0
+    sigma = float(((1 - a) / a).sqrt())
+    x = z / a.sqrt()
+    denoised = x / (sigma ** 2 + 1) - v * sigma / math.sqrt(sigma ** 2 + 1)
+    assert torch.allclose(denoised, x0, atol=1e-12)
+    assert torch.allclose(ddim.eps_from_denoised(x, denoised, sigma), eps, atol=1e-10)

@@ -127,7 +127,9 @@ def test_schedule_lookup_and_comparison():
         KVSchedule(sigmas=(1.0,), timesteps=(1,), steps=1, strength=1.0, latent_shape=(1, 4, 8, 8))
 
 
-def test_entries_that_do_not_fit_spill_to_cpu():
+def test_entries_that_do_not_fit_spill():
+    """The spill rule, exercised without a GPU: tensors live on the CPU here, so the spill target is the
+    meta device; on a GPU machine the compute device is cuda and the target is the CPU (below)."""
     budget = {"left": 16 * 8 * 2 * 3}  # room for three fp16 [1, 16, 8] tensors
 
     def fits(n):
@@ -136,13 +138,54 @@ def test_entries_that_do_not_fit_spill_to_cpu():
             return True
         return False
 
+    s = KVStore(fits=fits, spill_device="meta")
+    for t in (1, 2, 3):
+        s.capture("L", t, [0], *kv())
+    s.freeze()
+    assert s.spilled == 3 and s.devices() == {"cpu", "meta"}
+    placed = [tuple(a.device.type for a in s.get("L", t, 0)) for t in (1, 2, 3)]  # (K, V) per entry, in order
+    assert placed == [("cpu", "cpu"), ("cpu", "meta"), ("meta", "meta")]
+    assert s.fits is None and "(3 tensors spilled to meta)" in s.describe()
+
+
+def test_nothing_spills_when_the_device_is_the_spill_target_or_fixed():
+    s = KVStore(fits=lambda n: False)  # CPU tensors, CPU spill target: already there
+    s.capture("L", 1, [0], *kv())
+    assert s.spilled == 0 and s.devices() == {"cpu"}
+    s = KVStore(device="cpu", fits=lambda n: False, spill_device="meta")  # a fixed device never spills
+    s.capture("L", 1, [0], *kv())
+    assert s.spilled == 0 and s.devices() == {"cpu"}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the default spill: cuda -> cpu)")
+def test_entries_that_do_not_fit_spill_to_cpu_from_cuda():
+    budget = {"left": 16 * 8 * 2 * 3}
+
+    def fits(n):
+        if n <= budget["left"]:
+            budget["left"] -= n
+            return True
+        return False
+
     s = KVStore(fits=fits)
-    if not torch.cuda.is_available():  # on CPU nothing is "on the device": spilling never triggers
-        s.capture("L", 1, [0], *kv())
-        assert s.spilled == 0
-        return
     for t in (1, 2, 3):
         k, v = kv()
         s.capture("L", t, [0], k.cuda(), v.cuda())
     s.freeze()
-    assert s.spilled == 3 and s.devices() == {"cpu", "cuda:0"} and "spilled" in s.describe()
+    assert s.spilled == 3 and s.devices() == {"cpu", "cuda:0"} and "spilled to cpu" in s.describe()
+
+
+def test_first_write_wins_and_repeats_are_counted():
+    """A second pass at the same sigma (PAG, SAG) writes the same keys again: not stored, counted."""
+    s = KVStore(dtype=torch.float32)
+    main_k, main_v = kv(b=2, fill=1)
+    extra_k, extra_v = kv(b=1, fill=9)
+    assert s.capture("L", 5, [0, 1], main_k, main_v) == 0
+    assert s.capture("L", 5, [0], extra_k, extra_v) == 1  # the perturbed cond pass
+    assert s.capture("L", 5, [1], extra_k, extra_v) == 1  # the degraded uncond pass
+    assert s.get("L", 5, 0)[0].eq(1).all() and s.get("L", 5, 1)[0].eq(1).all()
+    assert (len(s), s.writes, s.repeats, s.captures) == (2, 2, 2, 3)
+    assert s.capture("L", 6, [0], extra_k, extra_v) == 0  # a new key from a later pass is stored
+    assert (len(s), s.writes, s.repeats) == (3, 3, 2)
+    c = s.freeze().to("meta")
+    assert (c.writes, c.repeats, c.captures) == (3, 2, 4)

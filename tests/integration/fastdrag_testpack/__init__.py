@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 
 import comfy.cldm.cldm
 import comfy.model_management
+import comfy.model_sampling
 import comfy.ops
 import folder_paths
 
@@ -29,14 +30,14 @@ class FastDragTestSave:
     def INPUT_TYPES(cls):
         return {"required": {"path": ("STRING", {"default": ""})},
                 "optional": {"latent": ("LATENT",), "mask": ("MASK",), "kv": ("FASTDRAG_KV",),
-                             "image": ("IMAGE",)}}
+                             "image": ("IMAGE",), "kv_tensors": ("BOOLEAN", {"default": False})}}
 
     RETURN_TYPES = ()
     FUNCTION = "run"
     OUTPUT_NODE = True
     CATEGORY = "FastDragTest"
 
-    def run(self, path, latent=None, mask=None, kv=None, image=None):
+    def run(self, path, latent=None, mask=None, kv=None, image=None, kv_tensors=False):
         out = {}
         if latent is not None:
             out["latent"] = latent["samples"].detach().cpu().clone()
@@ -53,11 +54,18 @@ class FastDragTestSave:
             out["kv_nbytes"] = kv.nbytes
             out["kv_dtypes"] = sorted({str(kv.get(*k)[0].dtype) for k in kv.keys()})
             out["kv_timesteps"] = list(kv.schedule.timesteps)
+            out["kv_writes"], out["kv_repeats"] = kv.writes, kv.repeats
+            if kv_tensors:
+                out["kv"] = {(tuple(k[0]), k[1], k[2]): tuple(t.cpu().clone() for t in kv.get(*k)) for k in kv.keys()}
         return _save(path, out)
 
 
 class FastDragTestRefInvert:
-    """Official DDIM inversion (fastdrag-method.md §1.5) in float64, UNet called directly."""
+    """Official DDIM inversion (fastdrag-method.md §1.5) in float64, UNet called directly.
+
+    eps-prediction UNets give ε; v-prediction UNets give v, and ε = sqrt(ᾱ_t)·v + sqrt(1 − ᾱ_t)·z_t
+    (diffusers' DDIM ``pred_epsilon`` for ``prediction_type="v_prediction"``). SDXL's extra input y
+    (pooled text + size embedding) is built as ComfyUI's samplers do (``extra_conds``)."""
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -74,6 +82,7 @@ class FastDragTestRefInvert:
     def run(self, model, positive, latent, steps, strength, path):
         comfy.model_management.load_models_gpu([model])
         ms = model.get_model_object("model_sampling")
+        v_pred = isinstance(ms, comfy.model_sampling.V_PREDICTION)
         dm = copy.deepcopy(model.get_model_object("diffusion_model")).to("cpu", torch.float64)
         lf = model.get_model_object("latent_format")
         ac = (1.0 / (1.0 + ms.sigmas.double().cpu() ** 2))
@@ -81,18 +90,24 @@ class FastDragTestRefInvert:
         k = int(round(strength * n))
         ratio = 1000 // n
         ts = [i * ratio + 1 for i in range(k)]  # ascending 1, 1+ratio, ... (leading + offset 1)
-        ctx = positive[0][0].to("cpu", torch.float64)
         z = lf.process_in(latent["samples"].to("cpu", torch.float64))
+        emb, opts = positive[0]
+        params = dict(opts, cross_attn=emb, device="cpu", noise=z, width=z.shape[3] * 8, height=z.shape[2] * 8,
+                      prompt_type="positive")
+        conds = model.model.extra_conds(**params)
+        ctx = conds["c_crossattn"].cond.to("cpu", torch.float64)
+        extra = {"y": conds["y"].cond.to("cpu", torch.float64)} if "y" in conds else {}
         a_prev = float(ac[0])
         for t in ts:
             a_t = float(ac[t])
-            eps = dm(z, timesteps=torch.tensor([float(t)], dtype=torch.float64), context=ctx)
+            out = dm(z, timesteps=torch.tensor([float(t)], dtype=torch.float64), context=ctx, **extra)
+            eps = math.sqrt(a_t) * out + math.sqrt(1 - a_t) * z if v_pred else out
             x0 = (z - math.sqrt(1 - a_prev) * eps) / math.sqrt(a_prev)
             z = math.sqrt(a_t) * x0 + math.sqrt(1 - a_t) * eps
             a_prev = a_t
         # back to ComfyUI's LATENT convention: samples = z / sqrt(ᾱ_t) / scale
         samples = lf.process_out(z / math.sqrt(a_prev))
-        return _save(path, {"latent": samples, "timesteps": ts})
+        return _save(path, {"latent": samples, "timesteps": ts, "v_pred": v_pred, "has_y": bool(extra)})
 
 
 class FastDragTestMakeLora:
@@ -154,11 +169,74 @@ class FastDragTestMakeControlNet:
         return {"ui": {"text": [f"{path}: {len(sd)} tensors"]}}
 
 
+# Calls of FastDragTestAttn1Replace patches, by tag: {tag: {"calls": int, "k_sums": [float, ...]}}.
+# Module-level on purpose (test pack only): the patches are deep-copied by ModelPatcher.clone and the
+# report node must read what every copy counted.
+ATTN1_CALLS = {}
+
+
+class FastDragTestAttn1Replace:
+    """Another pack's attn1 replace on every decoder self-attention layer, as packs install them:
+    ``site`` = (block, id, transformer_index) keys, ``block`` = (block, id) keys. It computes plain
+    attention times ``scale`` and counts its calls (and the sum of the K it was given) under ``tag``."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL",), "tag": ("STRING", {"default": "t"}),
+                             "mode": (["site", "block"],), "scale": ("FLOAT", {"default": 1.0})}}
+
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "run"
+    CATEGORY = "FastDragTest"
+
+    def run(self, model, tag, mode, scale):
+        from comfy.ldm.modules.attention import SpatialTransformer, optimized_attention
+
+        record = ATTN1_CALLS.setdefault(tag, {"calls": 0, "k_sums": []})
+
+        def replace(q, k, v, extra_options):
+            record["calls"] += 1
+            record["k_sums"].append(float(k.double().sum()))
+            return optimized_attention(q, k, v, extra_options["n_heads"]) * scale
+
+        m = model.clone()
+        dm = m.get_model_object("diffusion_model")
+        for i, blk in enumerate(dm.output_blocks):
+            for layer in blk:
+                if isinstance(layer, SpatialTransformer):
+                    if mode == "block":
+                        m.set_model_attn1_replace(replace, "output", i)
+                    else:
+                        for j in range(len(layer.transformer_blocks)):
+                            m.set_model_attn1_replace(replace, "output", i, j)
+        return (m,)
+
+
+class FastDragTestAttn1Report:
+    """Writes the calls FastDragTestAttn1Replace counted under ``tag`` (after ``latent`` is computed)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"latent": ("LATENT",), "tag": ("STRING", {"default": "t"}),
+                             "path": ("STRING", {"default": ""})}}
+
+    RETURN_TYPES = ()
+    FUNCTION = "run"
+    OUTPUT_NODE = True
+    CATEGORY = "FastDragTest"
+
+    def run(self, latent, tag, path):
+        rec = ATTN1_CALLS.get(tag, {"calls": 0, "k_sums": []})
+        return _save(path, {"calls": rec["calls"], "k_sums": list(rec["k_sums"])})
+
+
 NODE_CLASS_MAPPINGS = {
     "FastDragTestSave": FastDragTestSave,
     "FastDragTestRefInvert": FastDragTestRefInvert,
     "FastDragTestMakeLora": FastDragTestMakeLora,
     "FastDragTestMakeControlNet": FastDragTestMakeControlNet,
+    "FastDragTestAttn1Replace": FastDragTestAttn1Replace,
+    "FastDragTestAttn1Report": FastDragTestAttn1Report,
 }
 
 from .dragbench_ref import NODE_CLASS_MAPPINGS as _DRAGBENCH_REF_NODES  # noqa: E402  (DragBench metric references)

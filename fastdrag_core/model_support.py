@@ -1,0 +1,144 @@
+"""Which diffusion models FastDrag's maths covers, decided from a plain description of the model.
+
+Pure Python (no ComfyUI import): ``nodes/model_support.py`` reads a ComfyUI MODEL into a
+:class:`ModelDescription`; :func:`decide` accepts it (returning :class:`Support`) or raises
+``ValueError`` with a message naming the node, the model family, what is supported and what to change.
+
+FastDrag needs (fastdrag-method.md §1.5-§1.6, §4):
+
+* a discrete-time diffusion model with a table of ᾱ_t (ComfyUI: ``ModelSamplingDiscrete``, σ_t =
+  sqrt((1 − ᾱ_t)/ᾱ_t)), because the official DDIM inversion and sampling step between table entries;
+* a prediction ComfyUI turns into x̂₀, so that ε = (x − x̂₀)/σ: eps and v-prediction (ComfyUI's wrapped
+  model returns x̂₀ for both; x0 / img_to_img sampling are not accepted);
+* self-attention layers in a UNet decoder (the K/V of the consistency-preserving strategy);
+* a 4-channel image latent of the SD1.x or SDXL VAE (the warp moves latent cells; scale from the model).
+
+That is SD1.x, SD2.x (eps and v) and the SDXL family (eps and v fine-tunes). LCM sampling
+(``ModelSamplingDiscrete(sampling="lcm")``: a 50-entry distilled table and LCM's boundary condition)
+is accepted and replaced by the plain eps model on the full table, as the official code drives the LCM
+UNet. Continuous-time EDM (Playground 2.5, CosXL, SVD), flow matching (SD3, Flux and newer), Stable
+Cascade, video, non-4-channel latents and transformer (DiT) denoisers are refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+__all__ = ["ModelDescription", "Support", "decide", "LCM_NOTE", "family_label"]
+
+LCM_NOTE = ("LCM sampling detected: FastDrag runs the UNet as a plain eps model on the 1000-step DDIM "
+            "schedule, as the official code")
+
+SUPPORTED = "SD1.x, SD2.x (eps and v-prediction) and SDXL-family (eps and v-prediction) checkpoints"
+
+# ComfyUI model config class names -> what users call them (anything else is shown as it is).
+_FAMILY_LABELS = {
+    "SD15": "SD1.x", "SD15_instructpix2pix": "SD1.x InstructPix2Pix",
+    "SD20": "SD2.x", "SD21UnclipL": "SD2.1 unCLIP", "SD21UnclipH": "SD2.1 unCLIP", "LotusD": "Lotus (SD2.x)",
+    "SDXL": "SDXL", "SDXLRefiner": "SDXL refiner", "SSD1B": "SSD-1B (SDXL family)",
+    "Segmind_Vega": "Segmind Vega (SDXL family)", "KOALA_700M": "KOALA-700M (SDXL family)",
+    "KOALA_1B": "KOALA-1B (SDXL family)", "SDXL_instructpix2pix": "SDXL InstructPix2Pix",
+    "SVD_img2vid": "Stable Video Diffusion", "SV3D_u": "SV3D", "SV3D_p": "SV3D",
+    "SD3": "SD3", "Flux": "Flux", "FluxSchnell": "Flux schnell", "AuraFlow": "AuraFlow",
+    "Stable_Cascade_C": "Stable Cascade (stage C)", "Stable_Cascade_B": "Stable Cascade (stage B)",
+    "PixArtAlpha": "PixArt-α", "PixArtSigma": "PixArt-Σ", "HunyuanDiT": "Hunyuan-DiT",
+}
+
+_FLOW = ("CONST", "ModelSamplingDiscreteFlow", "ModelSamplingFlux", "COSMOS_RFLOW", "ModelSamplingCosmosRFlow")
+_EDM = ("EDM", "ModelSamplingContinuousEDM", "ModelSamplingContinuousV", "ModelSamplingDiscreteEDM")
+
+
+def family_label(config_name: str) -> str:
+    return _FAMILY_LABELS.get(config_name, config_name or "unknown model")
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    """What :func:`decide` looks at.
+
+    Attributes:
+        family: the model config class name (``"SD15"``, ``"SDXL"``, ``"SD20"``, ``"Flux"``, ...).
+        sampling: class names of the model sampling object's MRO (its table class and prediction mixin),
+            e.g. ``("ModelSampling", "ModelSamplingDiscrete", "Module", "V_PREDICTION", "EPS", "object")``.
+        sampling_patched: True when a node replaced the checkpoint's own model sampling (object patch).
+        latent_format: latent format class name (``"SD15"``, ``"SDXL"``, ``"SD3"``, ...).
+        latent_channels, latent_dimensions: of that latent format (4 and 2 for SD images).
+        decoder_attn1: self-attention layers in the UNet decoder; 0 when the denoiser has no UNet decoder.
+        denoiser: class name of the diffusion model (``"UNetModel"``, ``"MMDiT"``, ...).
+    """
+
+    family: str
+    sampling: tuple[str, ...]
+    latent_format: str
+    latent_channels: int
+    latent_dimensions: int
+    decoder_attn1: int
+    denoiser: str = "UNetModel"
+    sampling_patched: bool = False
+
+
+@dataclass(frozen=True)
+class Support:
+    """An accepted model: ``prediction`` is ``"eps"`` or ``"v_prediction"``; ``lcm`` = the model's LCM
+    sampling is replaced by the plain discrete eps model on the full table (see :data:`LCM_NOTE`)."""
+
+    family: str
+    prediction: str
+    lcm: bool = False
+
+    def describe(self) -> str:
+        return f"{family_label(self.family)}, {self.prediction}" + (" (LCM sampling replaced)" if self.lcm else "")
+
+
+def _sampling_name(desc: ModelDescription) -> str:
+    names = [n for n in desc.sampling if n not in ("object", "Module", "ModelSampling", "ModelSamplingAdvanced")]
+    return "+".join(names[:3]) or "none"
+
+
+def decide(desc: ModelDescription, node: str) -> Support:
+    """Accept ``desc`` or raise ``ValueError('<node>: <family> ... is not supported ...; <what to change>')``."""
+    fam = family_label(desc.family)
+    what = f"{fam} model"
+    change = ("remove the model sampling node in front of it" if desc.sampling_patched
+              else "use one of those checkpoints")
+
+    def refuse(why: str, fix: Optional[str] = None) -> ValueError:
+        return ValueError(f"{node}: this {what} {why}; FastDrag supports {SUPPORTED}: {fix or change}")
+
+    if desc.latent_dimensions != 2:
+        kind = "video" if desc.latent_dimensions == 3 else "audio or 3-D"
+        raise refuse(f"is a {kind} model ({desc.latent_dimensions}-D latents of format {desc.latent_format}), "
+                     "not an image model", "use an image checkpoint")
+    if desc.latent_channels != 4:
+        raise refuse(f"uses {desc.latent_channels}-channel latents (format {desc.latent_format}, as SD3, Flux "
+                     "and newer), FastDrag warps 4-channel SD/SDXL VAE latents", "use an image checkpoint of "
+                     "those families")
+    s = set(desc.sampling)
+    sampling = _sampling_name(desc)
+    if s & set(_FLOW):
+        raise refuse(f"uses flow-matching sampling ({sampling}, as SD3, Flux, AuraFlow and newer); FastDrag's "
+                     "DDIM inversion needs a discrete eps or v-prediction schedule")
+    if s & set(_EDM):
+        raise refuse(f"uses continuous-time EDM sampling ({sampling}, as Playground 2.5, CosXL or Stable Video "
+                     "Diffusion); FastDrag's DDIM inversion needs the discrete 1000-step schedule")
+    if "StableCascadeSampling" in s:
+        raise refuse(f"uses Stable Cascade sampling ({sampling})")
+    if "IMG_TO_IMG" in s:
+        raise refuse(f"uses img_to_img sampling ({sampling}), which has no noise schedule to invert")
+    if "X0" in s:
+        raise refuse(f"predicts x0 directly ({sampling}); FastDrag needs eps or v-prediction",
+                     "remove the ModelSamplingDiscrete(x0) node or choose eps / v_prediction there"
+                     if desc.sampling_patched else None)
+    if "ModelSamplingDiscrete" not in s or not s & {"EPS", "V_PREDICTION"}:
+        raise refuse(f"uses an unknown model sampling ({sampling}); FastDrag needs ComfyUI's discrete eps or "
+                     "v-prediction sampling")
+    prediction = "v_prediction" if "V_PREDICTION" in s else "eps"
+    lcm = "ModelSamplingDiscreteDistilled" in s
+    if desc.latent_format not in ("SD15", "SDXL"):
+        raise refuse(f"uses {desc.latent_format} latents; FastDrag supports the SD1.x/SD2.x (SD15) and SDXL "
+                     "latent formats")
+    if desc.decoder_attn1 <= 0:
+        raise refuse(f"has no self-attention layers in a UNet decoder (denoiser {desc.denoiser}); FastDrag's "
+                     "consistency strategy stores the K/V of those layers")
+    return Support(family=desc.family, prediction=prediction, lcm=lcm)

@@ -1,0 +1,83 @@
+"""fastdrag_core.model_support.decide: which model families FastDrag accepts.
+
+The descriptions are what ``nodes/model_support.describe_model`` reads from ComfyUI models; the MROs
+are those of ComfyUI v0.8.0's model sampling classes (``comfy/model_base.py model_sampling`` combines a
+table class and a prediction mixin; ``comfy_extras/nodes_model_advanced.py`` does the same for the
+ModelSampling* nodes). Families ComfyUI cannot build cheaply (video, 16-channel, DiT) are only here;
+the others are also refused in the real server (tests/integration/test_model_families.py).
+"""
+
+import pytest
+
+from fastdrag_core.model_support import LCM_NOTE, ModelDescription, Support, decide
+
+EPS = ("ModelSampling", "ModelSamplingDiscrete", "Module", "EPS", "object")
+VPRED = ("ModelSampling", "ModelSamplingDiscrete", "Module", "V_PREDICTION", "EPS", "object")
+LCM = ("ModelSamplingAdvanced", "ModelSamplingDiscreteDistilled", "ModelSamplingDiscrete", "Module", "LCM", "EPS",
+       "object")
+EDM = ("ModelSampling", "ModelSamplingContinuousEDM", "Module", "EDM", "V_PREDICTION", "EPS", "object")
+VCONT = ("ModelSampling", "ModelSamplingContinuousV", "ModelSamplingContinuousEDM", "Module", "V_PREDICTION", "EPS",
+         "object")
+FLOW = ("ModelSampling", "ModelSamplingDiscreteFlow", "Module", "CONST", "object")
+FLUX = ("ModelSampling", "ModelSamplingFlux", "Module", "CONST", "object")
+CASCADE = ("ModelSampling", "StableCascadeSampling", "ModelSamplingDiscrete", "Module", "EPS", "object")
+X0 = ("ModelSamplingAdvanced", "ModelSamplingDiscrete", "Module", "X0", "EPS", "object")
+IMG2IMG = ("ModelSamplingAdvanced", "ModelSamplingDiscrete", "Module", "IMG_TO_IMG", "X0", "EPS", "object")
+
+
+def desc(family="SD15", sampling=EPS, latent="SD15", channels=4, dims=2, attn1=9, denoiser="UNetModel",
+         patched=False):
+    return ModelDescription(family=family, sampling=sampling, latent_format=latent, latent_channels=channels,
+                            latent_dimensions=dims, decoder_attn1=attn1, denoiser=denoiser, sampling_patched=patched)
+
+
+@pytest.mark.parametrize("d,family,prediction", [
+    (desc(), "SD15", "eps"),
+    (desc("SD20", VPRED, attn1=9), "SD20", "v_prediction"),
+    (desc("SD20", EPS), "SD20", "eps"),
+    (desc("SDXL", EPS, "SDXL", attn1=36), "SDXL", "eps"),
+    (desc("SDXL", VPRED, "SDXL", attn1=36, patched=True), "SDXL", "v_prediction"),  # v-pred fine-tune via node
+    (desc("SSD1B", EPS, "SDXL", attn1=24), "SSD1B", "eps"),
+    (desc("SD15", VPRED, patched=True), "SD15", "v_prediction"),
+])
+def test_supported_families(d, family, prediction):
+    assert decide(d, "N") == Support(family=family, prediction=prediction, lcm=False)
+
+
+def test_lcm_is_accepted_as_plain_eps():
+    s = decide(desc(sampling=LCM, patched=True), "N")
+    assert s == Support(family="SD15", prediction="eps", lcm=True)
+    assert "(LCM sampling replaced)" in s.describe()
+    assert LCM_NOTE == ("LCM sampling detected: FastDrag runs the UNet as a plain eps model on the 1000-step "
+                        "DDIM schedule, as the official code")
+
+
+@pytest.mark.parametrize("d,needles", [
+    (desc("SDXL", EDM, "SDXL_Playground_2_5", attn1=36), ["this SDXL model", "continuous-time EDM",
+                                                           "Playground 2.5", "use one of those checkpoints"]),
+    (desc("SDXL", VCONT, "SDXL", attn1=36), ["continuous-time EDM", "ModelSamplingContinuousV"]),
+    (desc("SVD_img2vid", EDM, "SD15", attn1=30), ["this Stable Video Diffusion model", "continuous-time EDM"]),
+    (desc("SD3", FLOW, "SD3", channels=16, attn1=0, denoiser="MMDiT"), ["this SD3 model", "16-channel latents"]),
+    (desc("Flux", FLUX, "Flux", channels=16, attn1=0, denoiser="Flux"), ["this Flux model", "16-channel"]),
+    (desc("SD15", FLOW, patched=True), ["flow-matching sampling", "ModelSamplingDiscreteFlow+CONST",
+                                        "remove the model sampling node"]),
+    (desc("WAN21_T2V", FLOW, "Wan21", channels=16, dims=3, attn1=0, denoiser="WanModel"),
+     ["is a video model", "3-D latents of format Wan21", "use an image checkpoint"]),
+    (desc("StableAudio", FLOW, "StableAudio1", channels=64, dims=1, attn1=0), ["audio or 3-D model"]),
+    (desc("Stable_Cascade_B", CASCADE, "SC_B", attn1=20), ["Stable Cascade sampling"]),
+    (desc("SD15", X0, patched=True), ["predicts x0 directly", "ModelSamplingDiscrete(x0)"]),
+    (desc("SD15", IMG2IMG, patched=True), ["img_to_img sampling"]),
+    (desc("SD_X4Upscaler", VPRED, "SD_X4", attn1=9), ["uses SD_X4 latents"]),
+    (desc("PixArtAlpha", EPS, "SD15", attn1=0, denoiser="PixArtMS"), ["this PixArt-α model",
+                                                                      "no self-attention layers in a UNet decoder",
+                                                                      "denoiser PixArtMS"]),
+    (desc("Mystery", ("ModelSampling", "SomethingNew", "Module", "object")), ["unknown model sampling"]),
+])
+def test_refused_families_are_named(d, needles):
+    with pytest.raises(ValueError) as e:
+        decide(d, "FastDragInvert")
+    msg = str(e.value)
+    assert msg.startswith("FastDragInvert: this "), msg
+    assert "FastDrag supports SD1.x, SD2.x (eps and v-prediction) and SDXL-family" in msg, msg
+    for needle in needles:
+        assert needle in msg, (needle, msg)
