@@ -102,8 +102,17 @@ class NoTestCheckpoint(RuntimeError):
 
 
 def harness_dir() -> str:
-    return os.environ.get("COMFY_HARNESS_DIR",
-                          os.path.join(os.path.dirname(REPO), "shared", "tools", "comfy-harness"))
+    """``COMFY_HARNESS_DIR``, else ``shared/tools/comfy-harness`` next to the repo or next to a folder
+    above it (a git worktree may sit deeper than the checkout); the first candidate when none exists."""
+    if os.environ.get("COMFY_HARNESS_DIR"):
+        return os.environ["COMFY_HARNESS_DIR"]
+    d = REPO
+    while os.path.dirname(d) != d:
+        d = os.path.dirname(d)
+        cand = os.path.join(d, "shared", "tools", "comfy-harness")
+        if os.path.exists(os.path.join(cand, "make_tiny_ckpt.py")):
+            return cand
+    return os.path.join(os.path.dirname(REPO), "shared", "tools", "comfy-harness")
 
 
 def tiny_checkpoint(root: str, py: str, kind: str = "sd15") -> str:

@@ -29,23 +29,14 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-
-
-def harness_dir() -> str:
-    """``COMFY_HARNESS_DIR``, else ``shared/tools/comfy-harness`` next to the repo or a folder above it."""
-    if os.environ.get("COMFY_HARNESS_DIR"):
-        return os.environ["COMFY_HARNESS_DIR"]
-    d = REPO
-    while os.path.dirname(d) != d:
-        d = os.path.dirname(d)
-        cand = os.path.join(d, "shared", "tools", "comfy-harness")
-        if os.path.exists(os.path.join(cand, "make_tiny_ckpt.py")):
-            return cand
-    sys.exit("kv_size: set COMFY_HARNESS_DIR to the folder with make_tiny_ckpt.py")
+sys.path.insert(0, HERE)
+from comfy_client import harness_dir  # noqa: E402  (stdlib only)
 
 
 def load_harness():
     harness = harness_dir()
+    if not os.path.exists(os.path.join(harness, "make_tiny_ckpt.py")):
+        sys.exit("kv_size: set COMFY_HARNESS_DIR to the folder with make_tiny_ckpt.py")
     spec = importlib.util.spec_from_file_location("make_tiny_ckpt", os.path.join(harness, "make_tiny_ckpt.py"))
     mtc = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mtc)
