@@ -28,7 +28,6 @@ import os
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 from comfy_client import harness_dir  # noqa: E402  (stdlib only)
 
