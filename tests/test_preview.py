@@ -162,12 +162,14 @@ def test_mask_limits_the_warp():
     assert not torch.allclose(out, full)
 
 
-def test_empty_mask_means_whole_image():
+def test_empty_mask_is_refused_like_the_node():
     img = torch.rand(48, 64, 3)
     drag = _points(((16, 16), (24, 20)))
-    a, _ = warp_preview(img, drag, torch.zeros(48, 64))
-    b, _ = warp_preview(img, drag, None)
-    assert torch.equal(a, b)
+    for empty in (torch.zeros(48, 64), torch.zeros(64, 64)):  # also LoadImage's 64x64 placeholder
+        with pytest.raises(PreviewRequestError, match="^the mask is empty; paint the region"):
+            warp_preview(img, drag, empty)
+    _, info = warp_preview(img, drag, None)
+    assert info["whole_image"] and info["mask_cells"] == 48
 
 
 def test_points_rescaled_from_another_size():

@@ -216,7 +216,8 @@ def _points_graph(server, points, mask=None, extra=None):
 
 @pytest.mark.parametrize("points,needle", [
     (points_json([((500, 10), (20, 20))]), "(500, 10) is outside the 128x128 image"),
-    (points_json([]), "no drag points"),
+    (points_json([]), "no drags yet; the picture is now shown in this node's editor"),
+    (points_json([((10, 10), (20, 20))] * 33), "33 drags, at most 32"),
     ('{"version": 1, "drags": [', "not valid JSON"),
     ("[[1, 2], [3]]", "point 1"),
 ])
@@ -232,7 +233,45 @@ def test_mask_of_wrong_size(server):
     with pytest.raises(PromptError) as e:
         server.run(_points_graph(server, points_json(DRAG), mask=("m", 0), extra=extra))
     assert e.value.node_type == "FastDragPoints"
-    assert "mask size [1, 64, 64]" in e.value.message and "128x128" in e.value.message, e.value.message
+    assert "the mask is 64x64 (WxH), which does not match the 128x128 image" in e.value.message, e.value.message
+
+
+def test_crop_margin_target_refused_by_points_before_any_unet_call(server):
+    """126x128: VAEEncode keeps x in [3, 123). A target at x = 124 is refused by FastDragPoints with
+    the message the editor's preview route gives, and the inversion downstream never runs."""
+    p = base(server.ckpt_name)
+    del p["enc"]
+    p["crop"] = {"class_type": "ImageCrop", "inputs": {"image": ["img", 0], "width": 126, "height": 128, "x": 0, "y": 0}}
+    p["pts"] = points_node(points_json([((60, 60), (124, 60))], 126, 128), image=("crop", 0))
+    p["edit"] = edit_node(image=("crop", 0), steps=9)
+    p["out"] = {"class_type": "PreviewImage", "inputs": {"images": ["edit", 0]}}
+    before = server.log_text().count("FastDragInvert: inverted")
+    with pytest.raises(PromptError) as e:
+        server.run(p)
+    assert e.value.node_type == "FastDragPoints"
+    assert ("FastDragPoints: points: drag 0 target (124, 60) is in the border VAEEncode crops away: a 126x128 "
+            "image is encoded as its centred 120x128 part") in e.value.message, e.value.message
+    assert server.log_text().count("FastDragInvert: inverted") == before
+
+
+def test_no_drags_sends_the_picture_then_stops(server):
+    """Any upstream (here Image Scale): with no drags the node still writes its picture for the
+    editor (sent as a 'fastdrag.picture' event), then stops with a message saying what to do."""
+    p = base(server.ckpt_name)
+    del p["enc"]
+    p["scaled"] = {"class_type": "ImageScale", "inputs": {"image": ["img", 0], "upscale_method": "nearest-exact",
+                   "width": 96, "height": 64, "crop": "disabled"}}
+    p["pts"] = points_node('{"version": 1, "drags": []}', image=("scaled", 0))
+    p["show"] = {"class_type": "PreviewAny", "inputs": {"source": ["pts", 0]}}
+    temp = os.path.join(server.base, "temp")
+    before = set(os.listdir(temp)) if os.path.isdir(temp) else set()
+    with pytest.raises(PromptError) as e:
+        server.run(p)
+    assert e.value.node_type == "FastDragPoints" and "place drags on it" in e.value.message, e.value.message
+    new = [f for f in os.listdir(temp) if f not in before and f.endswith(".png")]
+    assert len(new) == 1, new
+    from PIL import Image
+    assert Image.open(os.path.join(temp, new[0])).size == (96, 64)
 
 
 def test_kv_from_another_resolution(server):
