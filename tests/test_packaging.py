@@ -41,3 +41,30 @@ def test_no_placeholder_repository_url():
     for name in ("pyproject.toml", "README.md"):
         text = open(os.path.join(ROOT, name)).read()
         assert "<this repository>" not in text and "github.com/comfyui-fastdrag" not in text, name
+
+
+WORKFLOWS = os.path.join(ROOT, "workflows")
+
+
+def test_every_template_has_a_thumbnail_and_a_descriptive_name():
+    """ComfyUI's template browser (front end 1.35.9) lists a pack's workflows/<name>.json with
+    <name> as the title, <name> with '_' and '-' turned into spaces as the description, and
+    workflows/<name>.jpg as the thumbnail (a missing one is a 404 in the console). So each template
+    needs a .jpg beside it (written by FASTDRAG_WRITE_THUMBNAILS=1 ... pytest tests/browser) and a
+    name that reads as a description: a few words separated by spaces, no '_' or '-'."""
+    names = sorted(f[:-5] for f in os.listdir(WORKFLOWS) if f.endswith(".json"))
+    assert names, "no templates in workflows/"
+    for name in names:
+        jpg = os.path.join(WORKFLOWS, name + ".jpg")
+        assert os.path.isfile(jpg), f"workflows/{name}.jpg (thumbnail) is missing"
+        with open(jpg, "rb") as f:
+            assert f.read(3) == b"\xff\xd8\xff", f"workflows/{name}.jpg is not a JPEG"
+        assert "_" not in name and "-" not in name, f"{name!r}: the template browser shows '_'/'-' as spaces"
+        assert len(name.split()) >= 3 and len(name) <= 48, f"{name!r}: 3+ words, at most 48 characters"
+
+
+def test_js_drag_cap_equals_the_core_cap():
+    from fastdrag_core.points import MAX_DRAGS
+
+    js = open(os.path.join(ROOT, "web", "js", "fastdrag_points_model.js")).read()
+    assert f"export const MAX_DRAGS = {MAX_DRAGS};" in js

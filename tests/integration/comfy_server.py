@@ -10,6 +10,8 @@ Used by the integration tests and benchmarks/bench_nodes.py. Configuration (envi
 * ``FASTDRAG_TEST_CKPT``: an existing SD1.5-architecture checkpoint to use instead of building the
   tiny random one (built once with ``make_tiny_ckpt.py`` from ``COMFY_HARNESS_DIR``, cached in
   ``~/.cache/comfyui-fastdrag``).
+* ``FASTDRAG_REQUIRE_SERVER=1`` (``.ci/run`` sets it): a missing ComfyUI, harness or browser is a
+  test error, not a skip, so CI never passes without running the real-server and browser tests.
 """
 
 from __future__ import annotations
@@ -64,6 +66,20 @@ class NoTestCheckpoint(RuntimeError):
 def harness_dir() -> str:
     return os.environ.get("COMFY_HARNESS_DIR",
                           os.path.join(os.path.dirname(REPO), "shared", "tools", "comfy-harness"))
+
+
+def server_required() -> bool:
+    """True when the real-server and browser tests must run (CI): skipping them is then an error."""
+    return os.environ.get("FASTDRAG_REQUIRE_SERVER", "") not in ("", "0")
+
+
+def skip_or_fail(reason: str):
+    """pytest: skip with ``reason``, or fail under FASTDRAG_REQUIRE_SERVER=1 (CI must run the test)."""
+    import pytest
+
+    if server_required():
+        pytest.fail(f"FASTDRAG_REQUIRE_SERVER=1 but {reason}", pytrace=False)
+    pytest.skip(reason)
 
 
 def tiny_checkpoint(root: str, py: str, kind: str = "sd15") -> str:
@@ -127,6 +143,11 @@ class PromptError(Exception):
         self.kind, self.node_id, self.node_type, self.message, self.data = kind, node_id, node_type, message, data
 
 
+PACK_NAME = "comfyui-fastdrag"  # the pack's folder in custom_nodes (templates are listed under it)
+SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Workflow.ShowMissingModelsWarning": False,
+            "Comfy.Workflow.ShowMissingNodesWarning": False}  # the front end opens on the graph
+
+
 class ComfyServer:
     """Start ComfyUI with this pack (+ the test pack) in a temporary base directory; stop it by PID."""
 
@@ -144,11 +165,14 @@ class ComfyServer:
         self.ckpt_name = os.path.basename(ckpt)
         os.symlink(ckpt, os.path.join(self.base, "models", "checkpoints", self.ckpt_name))
         self.ckpt_names = {"sd15": self.ckpt_name}
-        os.symlink(REPO, os.path.join(self.base, "custom_nodes", "comfyui-fastdrag"))
+        os.symlink(REPO, os.path.join(self.base, "custom_nodes", PACK_NAME))
         if test_pack:
             os.symlink(TESTPACK, os.path.join(self.base, "custom_nodes", "fastdrag_testpack"))
         with open(os.path.join(self.base, "input", "fastdrag_test.png"), "wb") as f:
             f.write(pattern_png())
+        os.makedirs(os.path.join(self.base, "user", "default"), exist_ok=True)
+        with open(os.path.join(self.base, "user", "default", "comfy.settings.json"), "w") as f:
+            json.dump(SETTINGS, f)
         args = [self.py, "main.py", "--listen", "127.0.0.1", "--port", str(self.port), "--base-directory", self.base,
                 "--database-url", f"sqlite:///{self.base}/user/comfyui.db", "--disable-auto-launch",
                 "--preview-method", "none"]

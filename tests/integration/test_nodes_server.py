@@ -16,6 +16,7 @@ from graphs import base, edit_node, invert_node, points_json, points_node, sampl
 import fastdrag_core
 from fastdrag_core.points import image_mask_to_latent, image_points_to_latent
 
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DRAG = [((48, 48), (64, 60)), ((92, 90), (84, 80))]
 NOOP = [((40, 40), (40, 40)), ((90, 70), (90, 70))]
 LAYERS_TINY = 4  # decoder attn1 layers of the harness's tiny UNet (output blocks 0-3)
@@ -317,17 +318,20 @@ def test_drag_of_another_image(server):
 
 
 def test_example_workflows_are_served_as_templates(server):
-    """example_workflows/ is ComfyUI's template folder name (no rename hint in the log); every node
-    of every example is a registered node type."""
+    """workflows/ is served as the pack's templates, with each one's thumbnail; every node of every
+    template is a registered node type (or one of the front end's own: notes, reroutes)."""
+    shipped = sorted(f[:-5] for f in os.listdir(os.path.join(REPO, "workflows")) if f.endswith(".json"))
     names = server.get("/workflow_templates").get("comfyui-fastdrag")
-    assert sorted(names) == ["fastdrag_basic", "fastdrag_stages"], names
+    assert sorted(names) == shipped, names
     info = server.get("/object_info")
     for name in names:
-        wf = server.get(f"/api/workflow_templates/comfyui-fastdrag/{name}.json")
+        from urllib.parse import quote
+        wf = server.get(f"/api/workflow_templates/comfyui-fastdrag/{quote(name)}.json")
         assert wf["version"] == 0.4 and wf["links"]
-        missing = {n["type"] for n in wf["nodes"]} - set(info)
+        missing = {n["type"] for n in wf["nodes"]} - set(info) - {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
         assert not missing, f"{name}: unknown node types {missing}"
-    assert "consider renaming it to 'example_workflows'" not in server.log_text()
+        status, body = server._http("GET", f"/api/workflow_templates/comfyui-fastdrag/{quote(name)}.jpg")
+        assert status == 200 and body[:3] == b"\xff\xd8\xff", (name, status)  # the thumbnail, a JPEG
     for node_id in ("FastDragPoints", "FastDragInvert", "FastDragWarp", "FastDragBNNI", "FastDragSample",
                     "FastDragEdit"):
         spec = info[node_id]
