@@ -16,6 +16,8 @@ show what the diffusion pass will paint.
 from __future__ import annotations
 
 import os
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -182,3 +184,35 @@ def warp_preview(image: torch.Tensor, points, mask: torch.Tensor | None = None, 
     info = {"grid": [w, h], "holes": int(null.sum()), "mask_cells": int(drag.mask.sum()),
             "drags": len(drag.points), "whole_image": drag.image_mask is None}
     return out, info
+
+
+class DecodedImageCache:
+    """Decoded files keyed by (path, mtime, size, what), least recently used first out, bounded by
+    the bytes of the arrays it holds (an array larger than the bound is returned, not kept)."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = int(max_bytes)
+        self.nbytes = 0
+        self._items: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, path: str, what: str, load):
+        st = os.stat(path)
+        key = (path, st.st_mtime_ns, st.st_size, what)
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        value = load(path)
+        size = value.nbytes
+        with self._lock:
+            if size <= self.max_bytes and key not in self._items:
+                self._items[key] = value
+                self.nbytes += size
+                while self.nbytes > self.max_bytes:
+                    _, old = self._items.popitem(last=False)
+                    self.nbytes -= old.nbytes
+        return value

@@ -25,10 +25,8 @@ import io
 import json
 import logging
 import os
-import threading
 import time
 import warnings
-from collections import OrderedDict
 
 import numpy as np
 import torch
@@ -37,8 +35,8 @@ from PIL import Image, ImageOps
 
 import folder_paths
 
-from ..fastdrag_core.preview import (PreviewRequestError, parse_file_ref, parse_preview_request,
-                                     resolve_in_folder, warp_preview)
+from ..fastdrag_core.preview import (DecodedImageCache, PreviewRequestError, parse_file_ref,
+                                     parse_preview_request, resolve_in_folder, warp_preview)
 
 log = logging.getLogger(__name__)
 ROUTE = "/fastdrag/preview"
@@ -47,38 +45,6 @@ MAX_BODY = 64 << 10         # a request with the maximum 32 drags is ~3 KB of JS
 CACHE_BYTES = 128 << 20     # decoded files kept (uint8), least recently used dropped first
 MAX_PICTURE_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485  # PIL's decompression-bomb limit
 MAX_PREVIEW_PIXELS = 4096 * 4096  # larger pictures are not previewed (the nodes are not limited)
-
-
-class DecodedImageCache:
-    """Decoded files keyed by (path, mtime, size, what), least recently used first out, bounded by
-    the bytes of the arrays it holds (an array larger than the bound is returned, not kept)."""
-
-    def __init__(self, max_bytes: int = CACHE_BYTES):
-        self.max_bytes = int(max_bytes)
-        self.nbytes = 0
-        self._items: OrderedDict = OrderedDict()
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def get(self, path: str, what: str, load):
-        st = os.stat(path)
-        key = (path, st.st_mtime_ns, st.st_size, what)
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                return self._items[key]
-        value = load(path)
-        size = value.nbytes
-        with self._lock:
-            if size <= self.max_bytes and key not in self._items:
-                self._items[key] = value
-                self.nbytes += size
-                while self.nbytes > self.max_bytes:
-                    _, old = self._items.popitem(last=False)
-                    self.nbytes -= old.nbytes
-        return value
 
 
 def _open(path: str, name: str, max_pixels: int) -> Image.Image:

@@ -400,3 +400,146 @@ def check_editor_scenario(R, graph_undo=True):
     assert R["removed"] == {"dead": True, "canvas_in_document": False, "editor_on_node": False}
     print(f"preview: first {R['preview_first_s']} s after the toggle click, {R['preview_after_drag_s']} s after a drag "
           f"({pv['ms']:.0f} ms request, {pv['serverMs']} ms server); other console entries: {len(R['console'])}")
+
+
+# -- hostile requests: every malformed request is a 4xx whose message shows no server path -----------
+
+def _chunked_post(url, path, chunks):
+    """POST a body with Transfer-Encoding: chunked (no Content-Length)."""
+    import http.client
+
+    u = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+    conn.putrequest("POST", path)
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Transfer-Encoding", "chunked")
+    conn.endheaders()
+    try:
+        for c in chunks:
+            conn.send(b"%x\r\n%s\r\n" % (len(c), c))
+        conn.send(b"0\r\n\r\n")
+        r = conn.getresponse()
+        return r.status, r.read()
+    except (ConnectionResetError, BrokenPipeError):  # the server may close early: it refused the body
+        return 413, b'{"error": "closed"}'
+    finally:
+        conn.close()
+
+
+def _png_header_only(width, height):
+    """A PNG whose header claims width x height, with a tiny (truncated) image stream."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+
+
+def _check_refused(web, status, body, case):
+    assert status in (400, 413), (case, status, body[:300])
+    msg = json.loads(body)["error"]
+    base = str(web["run"])
+    for leak in (base, os.path.realpath(base), "/tmp/", "/root/", os.path.expanduser("~"), "Traceback"):
+        assert leak not in msg, (case, msg)
+    return msg
+
+
+@pytest.fixture(scope="module")
+def hostile_files(web):
+    inp = web["run"] / "input"
+    (inp / "bomb.png").write_bytes(_png_header_only(20000, 20000))      # > 2x PIL's limit: DecompressionBombError
+    (inp / "big.png").write_bytes(_png_header_only(10000, 10000))       # PIL only warns: our pixel limit refuses it
+    (inp / "truncated.png").write_bytes(png_rgba(W, H, test_image_pixel)[:200])
+    (inp / "notes.txt").write_text("hello")
+    (inp / "sub").mkdir(exist_ok=True)
+    return ["bomb.png", "big.png", "truncated.png", "notes.txt", "sub"]
+
+
+def test_routes_refuse_hostile_requests_with_4xx(web, hostile_files):
+    url = web["url"]
+    cases = {
+        "deep nesting (body)": b"[" * 30000 + b"]" * 30000,
+        "deep nesting (points object)": json.dumps({"image": IMG, "points": {"drags": [{"handle": [[[[[1]]]]]}]}}).encode(),
+        "deep nesting (points string)": json.dumps({"image": IMG, "points": "[" * 20000 + "]" * 20000}).encode(),
+        "invalid utf-8": b'{"image": "\xff\xfe\xfa", "points": "[]"}',
+        "lone surrogate name": b'{"image": {"filename": "\\udc80.png"}, "points": "[[1,1],[2,2]]"}',
+        "nul in name": json.dumps({"image": {"filename": "a\x00.png"}, "points": GOOD_POINTS}).encode(),
+        "too many drags (array)": json.dumps({"image": IMG, "points": [[1, 1]] * 2000}).encode(),
+        "too many drags (v1)": json.dumps({"image": IMG, "points": json.dumps(
+            {"version": 1, "drags": [{"handle": [1, 1], "target": [2, 2]}] * 400})}).encode(),
+        "huge number": json.dumps({"image": IMG, "points": "[[1e400, 1], [2, 2]]"}).encode(),
+        "big int": b'{"image": {"filename": "fastdrag_editor_test.png"}, "points": [[' + b"9" * 4000 + b', 1], [2, 2]]}',
+        "width without height": json.dumps({"image": IMG, "points": json.dumps(
+            {"version": 1, "width": W, "drags": [{"handle": [1, 1], "target": [2, 2]}]})}).encode(),
+        "size zero": json.dumps({"image": IMG, "points": json.dumps(
+            {"version": 1, "width": 0, "height": 0, "drags": [{"handle": [1, 1], "target": [2, 2]}]})}).encode(),
+        "target in crop margin": None,  # filled below (needs a non-multiple-of-8 picture)
+        "mask without alpha": json.dumps({"image": IMG, "mask": {"filename": "truncated.png"}, "points": GOOD_POINTS}).encode(),
+        "body is a list": b"[1, 2]",
+        "body is a string": b'"hello"',
+        "empty body": b"",
+        "image is a number": json.dumps({"image": 7, "points": GOOD_POINTS}).encode(),
+        "image type is a dict": json.dumps({"image": {**IMG, "type": {"a": 1}}, "points": GOOD_POINTS}).encode(),
+        "subfolder is a list": json.dumps({"image": {**IMG, "subfolder": ["x"]}, "points": GOOD_POINTS}).encode(),
+        "channel is a list": json.dumps({"image": IMG, "mask": {**IMG, "channel": ["alpha"]}, "points": GOOD_POINTS}).encode(),
+        "holes is a string": json.dumps({"image": IMG, "points": GOOD_POINTS, "holes": "yes"}).encode(),
+        "points is a bool": json.dumps({"image": IMG, "points": True}).encode(),
+        "a folder as image": json.dumps({"image": {"filename": "sub"}, "points": GOOD_POINTS}).encode(),
+    }
+    crop_img = "crop_126x128.png"
+    (web["run"] / "input" / crop_img).write_bytes(png_rgba(126, 128, lambda x, y: (x * 2, y * 2, 90, 255)))
+    cases["target in crop margin"] = json.dumps({"image": {"filename": crop_img}, "points": json.dumps(
+        {"version": 1, "width": 126, "height": 128, "drags": [{"handle": [60, 60], "target": [124, 60]}]})}).encode()
+    for name in hostile_files:
+        cases[f"file {name}"] = json.dumps({"image": {"filename": name}, "points": GOOD_POINTS}).encode()
+        cases[f"mask file {name}"] = json.dumps({"image": IMG, "mask": {"filename": name}, "points": GOOD_POINTS}).encode()
+    msgs = {}
+    for case, raw in cases.items():
+        status, _, body, _ = post(url, None, raw)
+        msgs[case] = _check_refused(web, status, body, case)
+    assert "nested too deeply" in msgs["deep nesting (body)"]
+    assert "1000 drags, at most 32" in msgs["too many drags (array)"]  # 2000 points = 1000 pairs
+    assert "400 drags, at most 32" in msgs["too many drags (v1)"]
+    assert "both 'width' and 'height'" in msgs["width without height"]
+    assert msgs["target in crop margin"].startswith("points: drag 0 target (124, 60) is in the border VAEEncode crops away")
+    assert "too large to open" in msgs["file bomb.png"] and "more than the" in msgs["file big.png"]
+    assert msgs["file notes.txt"] == "'notes.txt': not a readable image file"
+    assert "not a readable image" in msgs["file truncated.png"]
+    # bodies over the limit: with a Content-Length, and chunked (no Content-Length)
+    big = json.dumps({"image": IMG, "points": GOOD_POINTS, "pad": "x" * (80 << 10)}).encode()
+    status, _, body, _ = post(url, None, big)
+    assert status == 413, status
+    status, body = _chunked_post(url, "/fastdrag/preview", [big[i:i + 8192] for i in range(0, len(big), 8192)])
+    assert status == 413, (status, body[:200])
+    # the picture route too
+    for name in hostile_files + ["../x.png", "missing.png"]:
+        status, body = get_image(url, filename=name)
+        _check_refused(web, status, body, f"GET {name}")
+    # and the server is still fine
+    status, _, png, _ = post(url, {"image": IMG, "points": GOOD_POINTS})
+    assert status == 200 and png[:4] == b"\x89PNG"
+
+
+def test_routes_fuzz_random_bodies_never_500(web, hostile_files):
+    """Random mixtures of valid and invalid fields (seeded): the answer is a PNG or a 4xx, never a 500."""
+    import random
+
+    rnd = random.Random(7)
+    values = [None, True, 0, -1, 1e308, float("nan"), "", "x", "../../etc/passwd", [], {}, [1, 2], [[1, 2]],
+              {"filename": IMAGE_NAME}, {"filename": "bomb.png"}, {"filename": "notes.txt"}, GOOD_POINTS,
+              "[[1, 1], [2, 2]]", "[" * 3000, {"version": 1, "drags": [{"handle": [1, 1], "target": [2, 2]}]}]
+    keys = ["image", "mask", "points", "holes", "filename", "subfolder", "type", "channel", "drags"]
+    counts = {}
+    for _ in range(160):
+        body = {"image": rnd.choice([IMG, rnd.choice(values)]), "points": rnd.choice([GOOD_POINTS, rnd.choice(values)])}
+        for _ in range(rnd.randint(0, 3)):
+            body[rnd.choice(keys)] = rnd.choice(values)
+        if isinstance(body.get("mask"), dict):
+            body["mask"] = {**body["mask"], "channel": rnd.choice(["alpha", "red", 3, None])}
+        raw = json.dumps(body, allow_nan=True).encode()
+        if rnd.random() < 0.1:
+            raw = raw[: rnd.randint(0, len(raw))]  # cut anywhere
+        status, _, answer, _ = post(web["url"], None, raw)
+        counts[status] = counts.get(status, 0) + 1
+        if status != 200:
+            _check_refused(web, status, answer, raw[:200])
+    assert set(counts) <= {200, 400, 413} and counts.get(400, 0) > 50, counts
