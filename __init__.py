@@ -15,9 +15,10 @@ async def comfy_entrypoint():
     from server import PromptServer
 
     from .nodes import FastDragExtension, preview_route
-    from .nodes.version_check import check_comfyui_version
+    from .nodes.version_check import check_comfyui_version, check_template_folder
 
     check_comfyui_version()
+    check_template_folder(__path__[0])
     # POST /fastdrag/preview, GET /fastdrag/image (the points editor); the cache belongs to the routes
     preview_route.register_routes(PromptServer.instance.routes)
     return FastDragExtension()

@@ -50,3 +50,14 @@ def check_comfyui_version() -> bool:
     level, message = version_message(found)
     log.log(level, message)
     return level == logging.INFO
+
+
+def check_template_folder(pack_dir: str) -> None:
+    """Warn when an ``example_workflows/`` folder (from a copy older than 0.2) sits beside
+    ``workflows/``: ComfyUI then serves that one as the pack's templates and the shipped ones 404."""
+    import os
+
+    old = os.path.join(pack_dir, "example_workflows")
+    if os.path.isdir(old) and os.path.isdir(os.path.join(pack_dir, "workflows")):
+        log.warning("[FastDrag] %s is left from an older version of this pack: ComfyUI serves it instead of "
+                    "workflows/, so the templates are missing; delete that folder and restart.", old)
