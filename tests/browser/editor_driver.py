@@ -24,7 +24,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -41,12 +40,6 @@ HANDLE, TARGET = (150, 110), (200, 90)   # first drag
 MOVED_TARGET = (236, 76)                 # the target after dragging it
 SECOND = ((60, 180), (90, 168))          # a pair that gets removed again
 EXTERNAL = ((250, 150), (226, 176))      # a pair typed into the points JSON
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class CDP:
@@ -684,22 +677,27 @@ SCENARIOS = {"templates": templates_scenario, "examples": examples_scenario, "up
 
 
 async def main_async(args):
-    port = free_port()
     profile = tempfile.mkdtemp(prefix="fastdrag_chromium_")
-    proc = subprocess.Popen([args.chromium, *FLAGS, "--window-size=1400,1000", f"--remote-debugging-port={port}",
+    # port 0: Chromium picks a free port and writes it to DevToolsActivePort (no fixed or raced port)
+    proc = subprocess.Popen([args.chromium, *FLAGS, "--window-size=1400,1000", "--remote-debugging-port=0",
                              f"--user-data-dir={profile}", "about:blank"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     R = {"errors": []}
     try:
         async with aiohttp.ClientSession() as http:
             t0 = time.time()
+            active = os.path.join(profile, "DevToolsActivePort")
+            port = None
             while True:
                 try:
+                    if port is None:
+                        with open(active) as f:
+                            port = int(f.readline().strip())
                     async with http.get(f"http://127.0.0.1:{port}/json/list") as r:
                         targets = [t for t in await r.json() if t["type"] == "page"]
                     if targets:
                         break
-                except aiohttp.ClientError:
+                except (aiohttp.ClientError, OSError, ValueError):
                     pass
                 if time.time() - t0 > 30:
                     raise RuntimeError("chromium DevTools endpoint did not come up")
