@@ -23,8 +23,8 @@ Point = tuple[float, float]
 
 # Limits on one drag request (the editor's preview, FastDragPoints and FastDragWarp apply the same).
 # DragBench has 349 handle/target pairs on 205 images (1.7 per image, a handful at most), so 32 drags
-# is far beyond any real edit. The warp's memory grows with latent cells x drags (about 100 bytes per
-# cell-drag for lwf_warp on the CPU, measured: 128x128 cells x 32 drags = +59 MiB, x 64 = +84 MiB;
+# is far beyond any real edit. The warp's memory grows with latent cells x drags: about 80-120 bytes
+# per cell-drag for lwf_warp on the CPU (benchmarks/warp_memory.py: 128x128 cells x 32 drags = +39 MiB,
 # 256x256 x 32 = +204 MiB), so cells x drags is bounded too: 2^22 cell-drags is at most ~0.4 GB
 # (a 2048x2048 image with all 32 drags; 4096x4096 with 16).
 MAX_DRAGS = 32

@@ -12,9 +12,20 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "integration"))
 
-from comfy_server import ComfyServer, NoTestCheckpoint, find_comfyui, skip_or_fail  # noqa: E402
+from comfy_server import ComfyServer, NoTestCheckpoint, find_comfyui, server_required, skip_or_fail  # noqa: E402
 
 COMFY_ROOT, COMFY_REASON = find_comfyui()
+
+
+def pytest_collection_modifyitems(config, items):
+    """No ComfyUI: mark every test that needs the server as skipped at collection (one summary line
+    per file); under FASTDRAG_REQUIRE_SERVER=1 the fixture fails them instead."""
+    if COMFY_ROOT is not None or server_required():
+        return
+    skip = pytest.mark.skip(reason=COMFY_REASON)
+    for item in items:
+        if "server" in getattr(item, "fixturenames", ()):
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
