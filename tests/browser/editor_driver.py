@@ -570,7 +570,7 @@ async def examples_scenario(cdp, args, R):
 async def upstream_scenario(cdp, args, R):
     """Load Image -> Image Scale -> a new FastDragPoints (no drags): the run stops at the node, which
     sends its picture; press-and-drag places a drag; rewiring marks the picture stale."""
-    await cdp.js(f"""(() => {{ const g = app.graph; g.clear();
+    await cdp.js(f"""(() => {{ app.clean?.(); const g = app.graph; g.clear();
       const add = (type, x, y) => {{ const n = LiteGraph.createNode(type); n.pos = [x, y]; g.add(n); return n; }};
       const li = add('LoadImage', 40, 100), sc = add('ImageScale', 360, 100),
             fd = add('FastDragPoints', 680, 100), pa = add('PreviewAny', 1200, 100);
