@@ -477,7 +477,13 @@ async def templates_scenario(cdp, args, R):
       if (!el) return null; const r = el.getBoundingClientRect();
       return r.width > 0 && [r.x + r.width / 2, r.y + r.height / 2]; }})()""", timeout=20)
     await cdp.click(*nav)
-    await asyncio.sleep(1.5)
+    try:  # the cards and their thumbnails load lazily
+        await cdp.wait(f"""(() => {{ const imgs = [...document.querySelectorAll('[role=dialog] img')]
+          .filter(i => i.getBoundingClientRect().width > 0);
+          return imgs.length >= {len(listed)} && imgs.every(i => i.complete && i.naturalWidth > 0); }})()""", timeout=20)
+    except TimeoutError:
+        pass  # the test reports what is there
+    await asyncio.sleep(0.3)
     R["cards"] = await cdp.js("""(() => [...document.querySelectorAll('[role=dialog] img')]
       .filter(i => i.getBoundingClientRect().width > 0)
       .map(i => { let c = i; for (let k = 0; k < 8 && c && !/card/i.test(c.className || ''); k++) c = c.parentElement;
