@@ -174,14 +174,15 @@ async def open_app(cdp, url):
     await asyncio.sleep(1.0)  # let the startup workflow restore finish before replacing the graph
 
 
-async def load_graph(cdp, wf):
+async def load_graph(cdp, wf, editor=True):
     """Load a UI-format workflow; retry: the startup restore can still replace the graph. True once
-    its FastDragPoints editor shows an image."""
+    its FastDragPoints editor shows an image (``editor``), or once its nodes are on the canvas."""
+    ready = find_node if editor else (lambda c: c.js(f"app.graph.nodes.length === {len(wf['nodes'])}"))
     for _ in range(3):
         await cdp.js(f"Promise.resolve(app.loadGraphData({json.dumps(wf)})).then(() => true)")
         t0 = time.time()
         while time.time() - t0 < 10:
-            if await find_node(cdp):
+            if await ready(cdp):
                 return True
             await asyncio.sleep(0.2)
     return False
@@ -500,11 +501,10 @@ async def examples_scenario(cdp, args, R):
     for path in sorted(glob.glob(os.path.join(args.workflows, "*.json"))):
         with open(path) as f:
             wf = json.load(f)
-        if not any(n.get("type") == "FastDragPoints" for n in wf.get("nodes", [])):
-            continue
+        editor = any(n.get("type") == "FastDragPoints" for n in wf.get("nodes", []))
         name = os.path.splitext(os.path.basename(path))[0]
-        W = R["workflows"][name] = {}
-        W["workflow_loaded"] = ok = await load_graph(cdp, wf)
+        W = R["workflows"][name] = {"editor": editor}
+        W["workflow_loaded"] = ok = await load_graph(cdp, wf, editor=editor)
         if not ok:
             continue
         # the whole graph on screen, as a user opening the template sees it (also the thumbnail)
@@ -537,6 +537,8 @@ async def examples_scenario(cdp, args, R):
             shot = await cdp.call("Page.captureScreenshot", format="jpeg", quality=82, clip=clip)
             with open(os.path.join(args.thumbnails, name + ".jpg"), "wb") as f:
                 f.write(base64.b64decode(shot["data"]))
+        if not editor:
+            continue
         # bring the points node into view at scale 1, top left
         await cdp.js("(() => { const n = window.__fd, ds = app.canvas.ds; ds.scale = 1;"
                      " ds.offset = [120 - n.pos[0], 140 - n.pos[1]]; app.canvas.setDirty(true, true); return true; })()")
@@ -553,7 +555,7 @@ async def examples_scenario(cdp, args, R):
         await asyncio.sleep(0.1)
         W["points_after"] = await cdp.js(POINTS)
         await shoot(cdp, args, f"example_{name}.png")
-        if "FastDragEdit" in [n["type"] for n in wf["nodes"]] and args.ckpt and not R.get("edit_run"):
+        if name == args.run_workflow and args.ckpt:
             # run it on the test checkpoint: FastDragEdit shows the inversion and sampling lines
             # (on the server's small test picture: the node rescales the shipped points to it)
             await cdp.js(f"""(() => {{ const c = app.graph.nodes.find(n => n.type === 'CheckpointLoaderSimple');
@@ -719,7 +721,11 @@ async def main_async(args):
                     await open_app(cdp, args.url)
                 except Exception:
                     R["errors"].append(traceback.format_exc())
-                for name in args.scenarios.split(","):
+                names = args.scenarios.split(",")
+                if args.thumbnails and "templates" in names and "examples" in names:  # write them, then show them
+                    names.remove("templates")
+                    names.insert(names.index("examples") + 1, "templates")
+                for name in names:
                     section = R[name] = {"errors": []}
                     t1 = time.time()
                     cdp.console_mark = len(cdp.console)
@@ -751,6 +757,8 @@ def main():
     ap.add_argument("--image", default="fastdrag_editor_test.png", help="an input image (upstream scenario)")
     ap.add_argument("--ckpt", help="checkpoint name to run the first template with (examples scenario)")
     ap.add_argument("--run-image", default="fastdrag_test.png", help="the picture that template is run on")
+    ap.add_argument("--run-workflow", default="FastDrag edit in one node",
+                    help="the template run on the test checkpoint (an SD1.5 FastDragEdit graph)")
     ap.add_argument("--thumbnails", help="write <workflow>.jpg template thumbnails into this folder")
     ap.add_argument("--out-dir", required=True)
     ap.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")

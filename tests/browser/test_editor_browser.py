@@ -250,7 +250,7 @@ def test_templates_listed_with_thumbnail_and_description(ui):
 
 def test_templates_load_without_overlap_and_name_their_files(ui):
     S = section(ui, "examples")
-    assert S["workflows"], "no workflow with FastDragPoints in workflows/"
+    assert S["workflows"], "no workflow in workflows/"
     for name, W_ in S["workflows"].items():
         assert W_["workflow_loaded"], name
         assert not W_["overlaps"], (name, W_["overlaps"])
@@ -265,7 +265,9 @@ def test_example_workflow_in_browser(ui, name):
     with open(os.path.join(WORKFLOWS, name + ".json")) as f:
         wf = json.load(f)
     nodes = {n["id"]: n for n in wf["nodes"]}
-    fd = next(n for n in wf["nodes"] if n["type"] == "FastDragPoints")
+    fd = next((n for n in wf["nodes"] if n["type"] == "FastDragPoints"), None)
+    if fd is None:
+        pytest.skip(f"{name}: no FastDragPoints (its layout and thumbnail are checked by the templates tests)")
     shipped = json.loads(fd["widgets_values"][0])
     link = next(lk for lk in wf["links"] if lk[3] == fd["id"] and lk[4] == 0)  # what feeds `image`
     loader = nodes[link[1]]
