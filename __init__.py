@@ -12,10 +12,15 @@ WEB_DIRECTORY = "./web"
 
 async def comfy_entrypoint():
     """Called by ComfyUI (nodes.py load_custom_node) to get the extension object."""
-    from .nodes import FastDragExtension
-    # Route modules register themselves on PromptServer.instance.routes when imported:
-    from .nodes import preview_route  # noqa: F401  POST /fastdrag/preview, GET /fastdrag/image (points editor)
+    from server import PromptServer
 
+    from .nodes import FastDragExtension, preview_route
+    from .nodes.version_check import check_comfyui_version, check_template_folder
+
+    check_comfyui_version()
+    check_template_folder(__path__[0])
+    # POST /fastdrag/preview, GET /fastdrag/image (the points editor); the cache belongs to the routes
+    preview_route.register_routes(PromptServer.instance.routes)
     return FastDragExtension()
 
 

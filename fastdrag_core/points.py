@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import reprlib
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +20,19 @@ import torch.nn.functional as F
 
 POINTS_VERSION = 1
 Point = tuple[float, float]
+
+# Limits on one drag request (the editor's preview, FastDragPoints and FastDragWarp apply the same).
+# DragBench has 349 handle/target pairs on 205 images (1.7 per image, a handful at most), so 32 drags
+# is far beyond any real edit. The warp's memory grows with latent cells x drags: about 80-120 bytes
+# per cell-drag for lwf_warp on the CPU (benchmarks/warp_memory.py: 128x128 cells x 32 drags = +39 MiB,
+# 256x256 x 32 = +204 MiB), so cells x drags is bounded too: 2^22 cell-drags is at most ~0.4 GB
+# (a 2048x2048 image with all 32 drags; 4096x4096 with 16).
+MAX_DRAGS = 32
+MAX_CELL_DRAGS = 1 << 22
+
+
+def too_many_drags(n: int) -> str:
+    return f"points: {n} drags, at most {MAX_DRAGS} are accepted (FastDrag edits use a handful); remove some"
 
 
 @dataclass(frozen=True)
@@ -56,16 +70,25 @@ class DragPoints:
         })
 
 
+_short = reprlib.Repr()
+_short.maxlevel, _short.maxstring, _short.maxother = 3, 60, 60
+
+
+def short_repr(value) -> str:
+    """repr for error messages: bounded in depth and length whatever a request nests."""
+    return _short.repr(value)
+
+
 def _point(value, where: str) -> Point:
     if (not isinstance(value, (list, tuple)) or len(value) != 2
             or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
-        raise ValueError(f"points: {where} must be [x, y] with two numbers, got {value!r}")
+        raise ValueError(f"points: {where} must be [x, y] with two numbers, got {short_repr(value)}")
     try:
         x, y = float(value[0]), float(value[1])
     except OverflowError:
-        raise ValueError(f"points: {where} = {value!r} is too large") from None
+        raise ValueError(f"points: {where} = {short_repr(value)} is too large") from None
     if not (math.isfinite(x) and math.isfinite(y)):
-        raise ValueError(f"points: {where} = {value!r} is not finite")
+        raise ValueError(f"points: {where} = {short_repr(value)} is not finite")
     return x, y
 
 
@@ -75,26 +98,38 @@ def _size(obj: dict, key: str) -> int | None:
         return None
     if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
             or value != int(value) or value <= 0 or value > 1 << 20):
-        raise ValueError(f"points: '{key}' must be a positive whole number of pixels, got {value!r}")
+        raise ValueError(f"points: '{key}' must be a positive whole number of pixels, got {short_repr(value)}")
     return int(value)
 
 
-def parse_points(value) -> DragPoints:
+NO_DRAGS = "no drag points given; place at least one handle -> target pair"
+
+
+def parse_points(value, *, allow_empty: bool = False) -> DragPoints:
     """Parse the points STRING (JSON text) or an already decoded object into :class:`DragPoints`.
 
+    Args:
+        allow_empty: return zero drags instead of raising (FastDragPoints then still sends its picture
+            to the editor before it stops).
     Raises:
-        ValueError: malformed JSON, an unknown version, a malformed point, or no drags at all.
+        ValueError: malformed JSON, an unknown version, a malformed point, more than
+            :data:`MAX_DRAGS` drags, or (unless ``allow_empty``) no drags at all.
     """
     obj = value
     if isinstance(value, str):
         if not value.strip():
-            raise ValueError("points: no drag points given (the points string is empty); "
-                             "place at least one handle -> target pair")
+            if allow_empty:
+                return DragPoints((), ())
+            raise ValueError(f"points: {NO_DRAGS} (the points string is empty)")
         try:
             obj = json.loads(value)
         except json.JSONDecodeError as exc:
             raise ValueError(f"points: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from exc
+        except RecursionError:
+            raise ValueError("points: not valid JSON (nested too deeply)") from None
     if isinstance(obj, list):
+        if len(obj) > 2 * MAX_DRAGS:
+            raise ValueError(too_many_drags(len(obj) // 2))
         if len(obj) % 2:
             raise ValueError(f"points: a flat list needs handle/target pairs, got an odd count of {len(obj)} points")
         pts = [_point(p, f"point {k}") for k, p in enumerate(obj)]
@@ -102,14 +137,16 @@ def parse_points(value) -> DragPoints:
     elif isinstance(obj, dict):
         version = obj.get("version", POINTS_VERSION)
         if version != POINTS_VERSION:
-            raise ValueError(f"points: unsupported version {version!r} (this pack reads version {POINTS_VERSION})")
+            raise ValueError(f"points: unsupported version {short_repr(version)} (this pack reads version {POINTS_VERSION})")
         raw = obj.get("drags")
         if not isinstance(raw, list):
-            raise ValueError(f"points: 'drags' must be a list of {{'handle': [x, y], 'target': [x, y]}}, got {raw!r}")
+            raise ValueError(f"points: 'drags' must be a list of {{'handle': [x, y], 'target': [x, y]}}, got {short_repr(raw)}")
+        if len(raw) > MAX_DRAGS:
+            raise ValueError(too_many_drags(len(raw)))
         handles, targets = [], []
         for k, drag in enumerate(raw):
             if not isinstance(drag, dict) or "handle" not in drag or "target" not in drag:
-                raise ValueError(f"points: drags[{k}] must have 'handle' and 'target', got {drag!r}")
+                raise ValueError(f"points: drags[{k}] must have 'handle' and 'target', got {short_repr(drag)}")
             handles.append(_point(drag["handle"], f"drags[{k}].handle"))
             targets.append(_point(drag["target"], f"drags[{k}].target"))
         width, height = _size(obj, "width"), _size(obj, "height")
@@ -119,8 +156,8 @@ def parse_points(value) -> DragPoints:
         drags = DragPoints(tuple(handles), tuple(targets), width, height)
     else:
         raise ValueError(f"points: expected a JSON object or list, got {type(obj).__name__}")
-    if len(drags) == 0:
-        raise ValueError("points: no drag points given; place at least one handle -> target pair")
+    if len(drags) == 0 and not allow_empty:
+        raise ValueError(f"points: {NO_DRAGS}")
     return drags
 
 
@@ -189,33 +226,118 @@ def vae_crop(image_hw) -> tuple[int, int, int, int]:
     return (height % LATENT_FACTOR) // 2, (width % LATENT_FACTOR) // 2, kept_h, kept_w
 
 
-def drag_to_latent(points: DragPoints, mask, image_hw):
-    """Drag points and mask of an image -> the latent grid VAEEncode makes of it.
+@dataclass(frozen=True)
+class LatentDrag:
+    """A drag request that passed :func:`check_drag`, in image pixels and on the latent grid.
 
-    Crops like VAEEncode (:func:`vae_crop`), shifts the points with the crop, then applies the
-    official rules (:func:`image_points_to_latent`, :func:`image_mask_to_latent`).
+    Attributes:
+        points: the drags in pixels of this image (rescaled if they were placed on another size).
+        handles, targets: float32 [N, 2] latent-grid (x, y) by the official rule, after VAEEncode's crop.
+        mask: bool [h, w] latent editable region (all True when no mask was given).
+        image_mask: bool [H, W] image mask on the CPU, or None for "whole image".
+        crop: (y0, x0, kept_h, kept_w) of VAEEncode's centred crop.
+    """
+
+    points: DragPoints
+    handles: torch.Tensor
+    targets: torch.Tensor
+    mask: torch.Tensor
+    image_mask: torch.Tensor | None
+    crop: tuple[int, int, int, int]
+
+
+def _check_in_crop(points: DragPoints, image_hw, crop) -> None:
+    height, width = image_hw
+    y0, x0, kept_h, kept_w = crop
+    for kind, pts in (("handle", points.handles), ("target", points.targets)):
+        for k, (x, y) in enumerate(pts):
+            if not (x0 <= x < x0 + kept_w and y0 <= y < y0 + kept_h):
+                raise ValueError(
+                    f"points: drag {k} {kind} ({x:g}, {y:g}) is in the border VAEEncode crops away: a "
+                    f"{width}x{height} image is encoded as its centred {kept_w}x{kept_h} part "
+                    f"(x from {x0} to below {x0 + kept_w}, y from {y0} to below {y0 + kept_h}); move the point "
+                    "inside, or give an image whose sides are multiples of 8")
+
+
+def check_drag(points: DragPoints, image_hw, mask=None) -> LatentDrag:
+    """The one validation of a drag request, shared by the editor's preview, FastDragPoints and
+    FastDragWarp, run before any UNet call. Messages start with what is wrong ("points: ...",
+    "the mask ...", "image ..."); callers prefix their node name.
+
+    Checks, in order: the image holds at least one latent cell; 1..MAX_DRAGS drags; the points
+    (rescaled to this image when they carry another ``width``/``height``) lie inside the image and
+    inside the part VAEEncode keeps (its centred crop to multiples of 8); latent cells x drags <=
+    MAX_CELL_DRAGS; the mask (``None`` = whole image; [H, W] or [1, H, W], > 0 = editable) is not
+    empty, matches the image, and covers at least one latent cell.
 
     Args:
-        points: drags in pixels of this image (already :meth:`DragPoints.scaled_to` it).
-        mask: [H, W] image mask or None.
+        points: parsed drags (:func:`parse_points`).
         image_hw: (H, W) of the image.
+        mask: image mask or None.
     Returns:
-        (handles, targets) float32 [N, 2] latent-grid (x, y), and the bool [h, w] latent mask (or None).
+        :class:`LatentDrag`.
     Raises:
-        ValueError: a point falls outside the cropped image (the message gives the crop).
+        ValueError: the first problem found, with the value and what to do.
     """
-    y0, x0, kept_h, kept_w = vae_crop(image_hw)
+    height, width = int(image_hw[0]), int(image_hw[1])
+    if height < LATENT_FACTOR or width < LATENT_FACTOR:
+        raise ValueError(f"image: {width}x{height} is smaller than one latent cell ({LATENT_FACTOR}x{LATENT_FACTOR} px)")
+    n = len(points)
+    if n == 0:
+        raise ValueError(f"points: {NO_DRAGS}")
+    if n > MAX_DRAGS:
+        raise ValueError(too_many_drags(n))
+    if points.width and points.height and (points.width, points.height) != (width, height):
+        points = points.scaled_to(width, height)
+    else:
+        points = DragPoints(points.handles, points.targets, width, height)
+    check_points_in_image(points, width, height)
+    crop = vae_crop((height, width))
+    y0, x0, kept_h, kept_w = crop
+    _check_in_crop(points, (height, width), crop)
+    latent_hw = (kept_h // LATENT_FACTOR, kept_w // LATENT_FACTOR)
+    cells = latent_hw[0] * latent_hw[1]
+    if cells * n > MAX_CELL_DRAGS:
+        raise ValueError(f"points: {n} drags on {latent_hw[1]}x{latent_hw[0]} latent cells are {cells * n:,} "
+                         f"cell-drags, more than the {MAX_CELL_DRAGS:,} the warp accepts (its memory grows with "
+                         "both); use fewer drags or a smaller image")
+    image_mask = None
+    if mask is not None:
+        m = torch.as_tensor(mask)
+        if m.dim() == 3:
+            if m.shape[0] != 1:
+                raise ValueError(f"the mask is a batch of {m.shape[0]}; give one mask")
+            m = m[0]
+        m = m.detach().to("cpu")
+        if not bool((m > 0).any()):  # also LoadImage's 64x64 placeholder for a picture without alpha
+            raise ValueError("the mask is empty; paint the region to edit (mask editor or Load Image (as Mask)), "
+                             "or leave the mask input unconnected to make the whole image editable")
+        if m.dim() != 2 or tuple(m.shape) != (height, width):
+            raise ValueError(f"the mask is {'x'.join(str(d) for d in reversed(m.shape))} (WxH), which does not "
+                             f"match the {width}x{height} image; give a mask of the image's size")
+        image_mask = m > 0
     shifted = DragPoints(tuple((x - x0, y - y0) for x, y in points.handles),
                          tuple((x - x0, y - y0) for x, y in points.targets), kept_w, kept_h)
-    try:
-        check_points_in_image(shifted, kept_w, kept_h)
-    except ValueError as exc:
-        raise ValueError(f"after VAEEncode's centred crop of {int(image_hw[1])}x{int(image_hw[0])} to "
-                         f"{kept_w}x{kept_h} (offset x={x0}, y={y0}): {exc}") from None
     handles, targets = shifted.as_tensors()
-    latent_hw = (kept_h // LATENT_FACTOR, kept_w // LATENT_FACTOR)
-    lat_mask = None
-    if mask is not None:
-        lat_mask = image_mask_to_latent(mask[..., y0:y0 + kept_h, x0:x0 + kept_w], latent_hw)
-    return (image_points_to_latent(handles, (kept_h, kept_w)),
-            image_points_to_latent(targets, (kept_h, kept_w)), lat_mask)
+    if image_mask is None:
+        lat_mask = torch.ones(latent_hw, dtype=torch.bool)
+    else:
+        lat_mask = image_mask_to_latent(image_mask[y0:y0 + kept_h, x0:x0 + kept_w], latent_hw)
+        if not bool(lat_mask.any()):
+            raise ValueError(f"the mask ({int(image_mask.sum())} px) covers no latent cell of the "
+                             f"{latent_hw[1]}x{latent_hw[0]} grid (one cell per 8x8 px); paint a larger editable region")
+    return LatentDrag(points, image_points_to_latent(handles, (kept_h, kept_w)),
+                      image_points_to_latent(targets, (kept_h, kept_w)), lat_mask, image_mask, crop)
+
+
+def drag_to_latent(points: DragPoints, mask, image_hw):
+    """Drag points and mask of an image -> the latent grid VAEEncode makes of it (:func:`check_drag`).
+
+    Returns:
+        (handles, targets) float32 [N, 2] latent-grid (x, y), and the bool [h, w] latent mask (or None
+        when ``mask`` is None).
+    Raises:
+        ValueError: see :func:`check_drag`.
+    """
+    checked = check_drag(points, image_hw, mask)
+    return checked.handles, checked.targets, (None if mask is None else checked.mask)

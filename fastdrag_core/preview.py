@@ -15,17 +15,20 @@ show what the diffusion pass will paint.
 """
 from __future__ import annotations
 
-import json
 import os
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from .points import short_repr
+
 LATENT_FACTOR = 8
 FILE_TYPES = ("input", "temp", "output")  # the folders /view serves
 MASK_CHANNELS = ("alpha", "red", "green", "blue")  # LoadImageMask's channels; alpha means 1 - alpha
-MAX_POINTS_CHARS = 200_000
+MAX_POINTS_CHARS = 32_000  # 32 drags (the cap) take ~3,000
 HOLE_TINT = (1.0, 0.0, 1.0)
 
 
@@ -72,8 +75,12 @@ def parse_file_ref(obj, what: str) -> FileRef:
         raise PreviewRequestError(f"{what}.subfolder: must be a string")
     if "\x00" in filename or "\x00" in subfolder:
         raise PreviewRequestError(f"{what}: NUL byte in the file name")
+    try:
+        filename.encode("utf-8"), subfolder.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PreviewRequestError(f"{what}: the file name is not valid Unicode") from None
     if ftype not in FILE_TYPES:
-        raise PreviewRequestError(f"{what}.type: {ftype!r} is not one of {', '.join(FILE_TYPES)}")
+        raise PreviewRequestError(f"{what}.type: {short_repr(ftype)} is not one of {', '.join(FILE_TYPES)}")
     return FileRef(filename, subfolder, ftype)
 
 
@@ -112,17 +119,12 @@ def parse_preview_request(body) -> PreviewRequest:
         mask = parse_file_ref(body["mask"], "mask")
         channel = body["mask"].get("channel", "alpha") if isinstance(body["mask"], dict) else "alpha"
         if channel not in MASK_CHANNELS:
-            raise PreviewRequestError(f"mask.channel: {channel!r} is not one of {', '.join(MASK_CHANNELS)}")
+            raise PreviewRequestError(f"mask.channel: {short_repr(channel)} is not one of {', '.join(MASK_CHANNELS)}")
     raw = body.get("points")
     if raw is None:
         raise PreviewRequestError("points: missing (the points JSON of the FastDragPoints node)")
-    if isinstance(raw, str):
-        if len(raw) > MAX_POINTS_CHARS:
-            raise PreviewRequestError(f"points: longer than {MAX_POINTS_CHARS} characters")
-        try:
-            json.loads(raw)
-        except ValueError as e:
-            raise PreviewRequestError(f"points: not valid JSON ({e})") from None
+    if isinstance(raw, str) and len(raw) > MAX_POINTS_CHARS:
+        raise PreviewRequestError(f"points: longer than {MAX_POINTS_CHARS} characters")
     try:
         points = parse_points(raw)
     except (ValueError, TypeError, KeyError) as e:
@@ -137,61 +139,80 @@ def warp_preview(image: torch.Tensor, points, mask: torch.Tensor | None = None, 
                  handle_on_cell: str = "paper"):
     """Warp ``image`` ([H, W, 3] float 0..1, image pixels) by ``points`` (DragPoints) on the latent grid.
 
+    The request is checked by :func:`fastdrag_core.points.check_drag`, the same validation
+    FastDragPoints and FastDragWarp run, so the preview refuses exactly what the nodes refuse (an
+    empty mask, a point outside the image or in VAEEncode's crop margin, too many drags, ...).
+
     Args:
         image: [H, W, 3] float tensor in 0..1.
         points: a ``DragPoints``; rescaled to the image when it was placed on another size.
-        mask: [H, W] editable region (> 0 = editable) or None / all zero = whole image
-            (DragDiffusion's convention, as FastDragPoints).
+        mask: [H, W] editable region (> 0 = editable) or None = whole image (as FastDragPoints with
+            its mask input unconnected). An all-zero mask is refused, as the node refuses it.
         holes: tint the null cells (filled by BNNI) magenta.
 
     Returns:
-        (preview [H//8, W//8, 3] float 0..1, info dict with ``grid`` [w, h], ``holes`` (null cells),
-        ``mask_cells``, ``drags``).
+        (preview [h, w, 3] float 0..1 on the latent grid of VAEEncode's crop, info dict with
+        ``grid`` [w, h], ``holes`` (null cells), ``mask_cells``, ``drags``, ``whole_image`` (no mask)).
 
     Raises:
-        PreviewRequestError: a point outside the image, an image smaller than one latent cell.
+        PreviewRequestError: whatever :func:`check_drag` refuses, or an image that is not [H, W, 3].
     """
     from . import bnni_fill, lwf_warp
-    from .points import check_points_in_image, drag_to_latent, vae_crop
+    from .points import check_drag
 
     if image.ndim != 3 or image.shape[-1] != 3:
         raise PreviewRequestError(f"image: expected [H, W, 3], got {tuple(image.shape)}")
     H, W = int(image.shape[0]), int(image.shape[1])
-    h, w = H // LATENT_FACTOR, W // LATENT_FACTOR
-    if h < 1 or w < 1:
-        raise PreviewRequestError(f"image: {W}x{H} is smaller than one latent cell (8x8 px)")
     try:
-        if points.width and points.height and (points.width, points.height) != (W, H):
-            points = points.scaled_to(W, H)
-        check_points_in_image(points, W, H)
+        drag = check_drag(points, (H, W), mask)
     except ValueError as e:
-        raise PreviewRequestError(_prefixed("points", e)) from None
-
-    y0, x0, kept_h, kept_w = vae_crop((H, W))
+        raise PreviewRequestError(str(e)) from None
+    y0, x0, kept_h, kept_w = drag.crop
+    h, w = kept_h // LATENT_FACTOR, kept_w // LATENT_FACTOR
     x = image.permute(2, 0, 1)[None].float()[..., y0:y0 + kept_h, x0:x0 + kept_w]  # like VAEEncode
     # +1: pixel values live in 1..2 so no valued cell is exactly 0; the official BNNI order treats
     # channel 0 == 0 as "no value" (quirk Q4), which black / pure blue pixels would otherwise hit.
     # The warp moves values and BNNI averages them (weights sum to 1), so the offset comes back out.
     lat = F.avg_pool2d(x, LATENT_FACTOR) + 1.0  # [1, 3, h, w]
-
-    if mask is not None and bool((mask > 0).any()):
-        if tuple(mask.shape[-2:]) != (H, W):
-            raise PreviewRequestError(f"mask: {mask.shape[-1]}x{mask.shape[-2]} does not match the image {W}x{H}")
-        mask = mask.reshape(H, W)
-    else:
-        mask = None  # no mask, or an empty one: the whole image, as the preview's status line says
-    try:
-        handles, targets, lat_mask = drag_to_latent(points, mask, (H, W))  # the nodes' mapping
-    except ValueError as e:
-        raise PreviewRequestError(_prefixed("points", e)) from None
-    if lat_mask is None or not bool(lat_mask.any()):
-        lat_mask = torch.ones(h, w, dtype=torch.bool)
-    warped, null = lwf_warp(lat, handles, targets, lat_mask, fill="zero", handle_on_cell=handle_on_cell)
+    warped, null = lwf_warp(lat, drag.handles, drag.targets, drag.mask, fill="zero", handle_on_cell=handle_on_cell)
     out = bnni_fill(warped, null, order="official")
     null = null.reshape(-1, h, w)[0]
     out = (out[0].permute(1, 2, 0) - 1.0).clamp(0, 1)
     if holes and bool(null.any()):
         tint = torch.tensor(HOLE_TINT, dtype=out.dtype)
         out = torch.where(null[..., None], 0.45 * out + 0.55 * tint, out)
-    info = {"grid": [w, h], "holes": int(null.sum()), "mask_cells": int(lat_mask.sum()), "drags": len(points.handles)}
+    info = {"grid": [w, h], "holes": int(null.sum()), "mask_cells": int(drag.mask.sum()),
+            "drags": len(drag.points), "whole_image": drag.image_mask is None}
     return out, info
+
+
+class DecodedImageCache:
+    """Decoded files keyed by (path, mtime, size, what), least recently used first out, bounded by
+    the bytes of the arrays it holds (an array larger than the bound is returned, not kept)."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = int(max_bytes)
+        self.nbytes = 0
+        self._items: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, path: str, what: str, load):
+        st = os.stat(path)
+        key = (path, st.st_mtime_ns, st.st_size, what)
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        value = load(path)
+        size = value.nbytes
+        with self._lock:
+            if size <= self.max_bytes and key not in self._items:
+                self._items[key] = value
+                self.nbytes += size
+                while self.nbytes > self.max_bytes:
+                    _, old = self._items.popitem(last=False)
+                    self.nbytes -= old.nbytes
+        return value

@@ -20,10 +20,15 @@ POINTS_HELP = (
 
 
 def to_drag_spec(image: torch.Tensor, points: str, mask: torch.Tensor | None,
-                 node: str = "FastDragPoints") -> DragSpec:
+                 node: str = "FastDragPoints", *, allow_empty: bool = False) -> DragSpec | None:
     """Validate ComfyUI IMAGE [B, H, W, C] / points STRING / MASK and build the DragSpec.
 
-    Raises ValueError naming ``node`` and the offending value.
+    The points and mask go through :func:`fastdrag_core.points.check_drag`, the validation the
+    editor's preview and FastDragWarp run too (crop margin, drag cap and mask included), so a drag
+    the warp would refuse is refused here, before any UNet call.
+
+    Returns None for zero drags when ``allow_empty``. Raises ValueError naming ``node`` and the
+    offending value.
     """
     if image.ndim != 4:
         raise ValueError(f"{node}: image must be an IMAGE [B, H, W, C], got shape {list(image.shape)}")
@@ -32,44 +37,45 @@ def to_drag_spec(image: torch.Tensor, points: str, mask: torch.Tensor | None,
                          "at a time (use an ImageFromBatch node).")
     height, width = int(image.shape[1]), int(image.shape[2])
     try:
-        parsed = fd_points.parse_points(points)
+        parsed = fd_points.parse_points(points, allow_empty=allow_empty)
     except ValueError as e:
         raise ValueError(f"{node}: {e} (points = {_clip(points)!r})") from None
+    if len(parsed) == 0:
+        return None
     if parsed.width and parsed.height and (parsed.width, parsed.height) != (width, height):
         log.info("[FastDrag] %s: points were placed on %dx%d, rescaling to the %dx%d image",
                  node, parsed.width, parsed.height, width, height)
     try:
-        parsed = parsed.scaled_to(width, height)
-        fd_points.check_points_in_image(parsed, width, height)
+        checked = fd_points.check_drag(parsed, (height, width), mask)
     except ValueError as e:
         raise ValueError(f"{node}: {e} (image is {width}x{height})") from None
     if width % 8 or height % 8:
         log.warning("[FastDrag] %s: image %dx%d is not a multiple of 8; VAEEncode crops it to %dx%d "
                     "(centred) and the points are shifted with it.", node, width, height,
                     width // 8 * 8, height // 8 * 8)
-
-    m = None
-    if mask is not None:
-        mm = mask
-        if mm.ndim == 3:
-            if mm.shape[0] != 1:
-                raise ValueError(f"{node}: mask is a batch of {mm.shape[0]}; give one mask")
-            mm = mm[0]
-        if not bool((mm > 0).any()):  # also LoadImage's 64x64 placeholder for a picture without alpha
-            raise ValueError(f"{node}: the mask is empty; paint the region to edit, or leave the mask "
-                             "input unconnected to make the whole image editable")
-        if mm.ndim != 2 or tuple(mm.shape) != (height, width):
-            raise ValueError(f"{node}: mask size {list(mask.shape)} does not match the image "
-                             f"{width}x{height} (need [{height}, {width}] or [1, {height}, {width}])")
-        m = (mm > 0).detach().to("cpu", copy=True)
-    return DragSpec(handles=tuple(tuple(map(float, p)) for p in parsed.handles),
-                    targets=tuple(tuple(map(float, p)) for p in parsed.targets),
+    m = None if checked.image_mask is None else checked.image_mask.clone()
+    return DragSpec(handles=tuple(tuple(map(float, p)) for p in checked.points.handles),
+                    targets=tuple(tuple(map(float, p)) for p in checked.points.targets),
                     width=width, height=height, mask=m)
 
 
 def _clip(s: str, n: int = 200) -> str:
     s = str(s)
     return s if len(s) <= n else s[:n] + "..."
+
+
+PICTURE_EVENT = "fastdrag.picture"
+
+
+def send_picture(node_id, shown: dict) -> None:
+    """Send the node's picture to the editor of node ``node_id`` in the front end that queued the
+    prompt (a custom event: a failing node's ``ui`` output never reaches the front end)."""
+    from server import PromptServer
+
+    srv = PromptServer.instance
+    if node_id is None or srv.client_id is None:
+        return
+    srv.send_sync(PICTURE_EVENT, {"node": str(node_id), **shown}, srv.client_id)
 
 
 class FastDragPoints(io.ComfyNode):
@@ -90,15 +96,23 @@ class FastDragPoints(io.ComfyNode):
                                       "Not connected = the whole image is editable."),
             ],
             outputs=[FastDragDrag.Output("drag", tooltip="Handles, targets, image size and mask.")],
+            hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
     def execute(cls, image, points, mask=None) -> io.NodeOutput:
-        spec = to_drag_spec(image, points, mask)
-        log.info("[FastDrag] FastDragPoints: %r", spec)
+        spec = to_drag_spec(image, points, mask, allow_empty=True)
         # The points editor (web/js/fastdrag_points.js) shows these; a custom key keeps ComfyUI's
         # generic image preview from drawing a second copy of the picture under the editor.
         shown = {"fastdrag_image": ui.PreviewImage(image, cls=cls).values}
+        if spec is None:
+            # No drags yet: the picture may come from any upstream node (Image Scale, a sampler...),
+            # so send it to the editor before stopping, or the user could never place the first drag.
+            send_picture(cls.hidden.unique_id, shown)
+            raise ValueError("FastDragPoints: no drags yet; the picture is now shown in this node's "
+                             "editor: place drags on it (click a handle, then its target, or press and "
+                             "drag), then run again")
+        log.info("[FastDrag] FastDragPoints: %r", spec)
         if spec.mask is not None:
             shown["fastdrag_mask"] = ui.PreviewMask(spec.mask[None].float(), cls=cls).values
         return io.NodeOutput(spec, ui=shown)

@@ -1,46 +1,116 @@
-"""POST /fastdrag/preview: the points editor's warp preview, computed by fastdrag_core.
+"""The points editor's server routes: POST /fastdrag/preview (the warp preview, computed by
+fastdrag_core) and GET /fastdrag/image (the picture exactly as LoadImage reads it).
 
-Registered on PromptServer.instance.routes when this module is imported (once, from the pack's
-root ``__init__.py``); ComfyUI serves it at ``/fastdrag/preview`` and ``/api/fastdrag/preview``.
-Also GET ``/fastdrag/image?filename=&subfolder=&type=``: the picture exactly as LoadImage reads
-it (EXIF orientation applied, RGB), which the editor draws and places points on.
+:func:`register_routes` adds both to ``PromptServer.instance.routes``; the pack's root
+``comfy_entrypoint`` calls it once. ComfyUI serves them at ``/fastdrag/...`` and ``/api/fastdrag/...``.
 
-Body (JSON): ``{"image": {"filename", "subfolder", "type"}, "points": "<points JSON>",
-"mask": null | {"filename", "subfolder", "type", "channel"}, "holes": true}`` with ``type`` one of
-input / temp / output (the folders /view serves). Answers ``image/png`` (the warped image on the
-latent grid, H//8 x W//8, holes tinted) with headers ``X-FastDrag-Grid: WxH``,
-``X-FastDrag-Holes``, ``X-FastDrag-Ms``; any malformed request gets 400 ``{"error": message}``.
-The file reading and PNG encoding live here; validation and maths are in
-``fastdrag_core/preview.py``.
+POST body (JSON, at most :data:`MAX_BODY` bytes, chunked bodies included): ``{"image": {"filename",
+"subfolder", "type"}, "points": "<points JSON>", "mask": null | {"filename", "subfolder", "type",
+"channel"}, "holes": true}`` with ``type`` one of input / temp / output (the folders /view serves).
+Answers ``image/png`` (the warped image on the latent grid, holes tinted) with headers
+``X-FastDrag-Grid: WxH``, ``X-FastDrag-Holes``, ``X-FastDrag-Whole-Image`` (no mask: the whole
+picture moves), ``X-FastDrag-Ms``. Anything malformed gets 400 ``{"error": message}``; messages
+name what the client sent, never a path on the server.
+
+GET query: ``filename``, ``subfolder``, ``type``; answers the picture as PNG (EXIF orientation
+applied, alpha dropped) so the editor places points on exactly the pixels the node receives.
+
+The file reading, the decoded-image cache and the PNG encoding live here; validation and maths are
+in ``fastdrag_core/preview.py`` and ``fastdrag_core/points.py`` (the same checks as the nodes).
 """
 from __future__ import annotations
 
 import asyncio
 import io
+import json
 import logging
 import os
-import threading
 import time
-from collections import OrderedDict
+import warnings
 
 import numpy as np
 import torch
 from aiohttp import web
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 import folder_paths
-from server import PromptServer
 
-from ..fastdrag_core.preview import (PreviewRequestError, parse_file_ref, parse_preview_request,
-                                     resolve_in_folder, warp_preview)
+from ..fastdrag_core.preview import (DecodedImageCache, PreviewRequestError, parse_file_ref,
+                                     parse_preview_request, resolve_in_folder, warp_preview)
 
 log = logging.getLogger(__name__)
 ROUTE = "/fastdrag/preview"
 IMAGE_ROUTE = "/fastdrag/image"
-MAX_BODY = 1 << 20
-_CACHE: OrderedDict = OrderedDict()  # (path, mtime_ns, size, what) -> tensor; a few decoded files
-_CACHE_SIZE = 6
-_CACHE_LOCK = threading.Lock()
+MAX_BODY = 64 << 10         # a request with the maximum 32 drags is ~3 KB of JSON
+CACHE_BYTES = 128 << 20     # decoded files kept (uint8), least recently used dropped first
+MAX_PICTURE_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485  # PIL's decompression-bomb limit
+MAX_PREVIEW_PIXELS = 4096 * 4096  # larger pictures are not previewed (the nodes are not limited)
+
+
+def _open(path: str, name: str, max_pixels: int) -> Image.Image:
+    """Open an image lazily and refuse it before decoding when it has more than ``max_pixels``.
+    ``name`` is what the client asked for: messages never show the server's path."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+    except Image.DecompressionBombError:
+        raise PreviewRequestError(f"{name!r}: the image is too large to open "
+                                  f"(over {2 * MAX_PICTURE_PIXELS:,} pixels)") from None
+    except (OSError, ValueError, SyntaxError):
+        raise PreviewRequestError(f"{name!r}: not a readable image file") from None
+    w, h = img.size
+    if w * h > max_pixels:
+        img.close()
+        raise PreviewRequestError(f"{name!r}: {w}x{h} is {w * h:,} pixels, more than the {max_pixels:,} "
+                                  "the editor handles here")
+    try:
+        return ImageOps.exif_transpose(img)
+    except (OSError, ValueError, SyntaxError):
+        raise PreviewRequestError(f"{name!r}: not a readable image file") from None
+
+
+def _decoded(fn):
+    """Decoding errors of a truncated or corrupt file become 400s naming the client's file."""
+    def wrapper(path: str, name: str, *args):
+        try:
+            return fn(path, name, *args)
+        except PreviewRequestError:
+            raise
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            raise PreviewRequestError(f"{name!r}: not a readable image file") from None
+    return wrapper
+
+
+@_decoded
+def load_rgb(path: str, name: str, max_pixels: int = MAX_PICTURE_PIXELS) -> np.ndarray:
+    """[H, W, 3] uint8 as LoadImage reads it (first frame, EXIF orientation applied, alpha dropped)."""
+    img = _open(path, name, max_pixels)
+    if img.mode == "I":
+        img = img.point(lambda v: v * (1 / 255))
+    return np.ascontiguousarray(np.asarray(img.convert("RGB"), dtype=np.uint8))
+
+
+@_decoded
+def load_mask(path: str, name: str, channel: str, max_pixels: int = MAX_PICTURE_PIXELS) -> np.ndarray:
+    """[H, W] uint8 mask (255 = editable) as the node would get it: LoadImage's MASK (channel
+    ``alpha``: 1 - alpha; a picture without alpha gives LoadImage's 64x64 all-zero placeholder,
+    which FastDragPoints refuses as empty) or LoadImageMask (a colour channel)."""
+    img = _open(path, name, max_pixels)
+    c = channel[0].upper()
+    if c == "A":
+        if "A" not in img.getbands() and not (img.mode == "P" and "transparency" in img.info):
+            return np.zeros((64, 64), dtype=np.uint8)
+        return 255 - np.asarray(img.convert("RGBA").getchannel("A"), dtype=np.uint8)
+    if img.mode == "I":
+        img = img.point(lambda v: v * (1 / 255))
+    return np.ascontiguousarray(np.asarray(img.convert("RGBA").getchannel(c), dtype=np.uint8))
+
+
+def to_png(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels, "RGB").save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
 
 
 def _folder(ftype: str) -> str:
@@ -50,112 +120,103 @@ def _folder(ftype: str) -> str:
     return d
 
 
-def _cached(path: str, what: str, load):
-    st = os.stat(path)
-    key = (path, st.st_mtime_ns, st.st_size, what)
-    with _CACHE_LOCK:
-        if key in _CACHE:
-            _CACHE.move_to_end(key)
-            return _CACHE[key]
-    value = load(path)
-    with _CACHE_LOCK:
-        _CACHE[key] = value
-        while len(_CACHE) > _CACHE_SIZE:
-            _CACHE.popitem(last=False)
-    return value
+def _shown_name(ref) -> str:
+    return f"{ref.subfolder}/{ref.filename}" if ref.subfolder else ref.filename
 
 
-def _open(path: str) -> Image.Image:
-    try:
-        img = Image.open(path)
-        return ImageOps.exif_transpose(img)
-    except (UnidentifiedImageError, OSError) as e:
-        raise PreviewRequestError(f"{os.path.basename(path)!r}: not a readable image ({e})") from None
-
-
-def load_rgb(path: str) -> torch.Tensor:
-    """[H, W, 3] float 0..1, as LoadImage reads it (first frame, EXIF orientation applied)."""
-    img = _open(path)
-    if img.mode == "I":
-        img = img.point(lambda v: v * (1 / 255))
-    return torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0)
-
-
-def load_mask(path: str, channel: str) -> torch.Tensor | None:
-    """[H, W] float mask as LoadImage (alpha: 1 - alpha) / LoadImageMask (a colour channel) read it;
-    None when the file has no such channel (LoadImage then gives an empty mask = whole image)."""
-    img = _open(path)
-    c = channel[0].upper()
-    if c == "A":
-        if "A" not in img.getbands() and not (img.mode == "P" and "transparency" in img.info):
-            return None
-        a = np.asarray(img.convert("RGBA").getchannel("A"), dtype=np.float32) / 255.0
-        return 1.0 - torch.from_numpy(a)
-    if img.mode == "I":
-        img = img.point(lambda v: v * (1 / 255))
-    return torch.from_numpy(np.asarray(img.convert("RGBA").getchannel(c), dtype=np.float32) / 255.0)
-
-
-def to_png(preview: torch.Tensor) -> bytes:
-    arr = (preview.clamp(0, 1).mul(255).round().to(torch.uint8)).numpy()
-    buf = io.BytesIO()
-    Image.fromarray(arr, "RGB").save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
-
-
-def render_preview(body) -> tuple[bytes, dict]:
+def render_preview(body, cache: DecodedImageCache) -> tuple[bytes, dict]:
     """The whole request without aiohttp: body dict -> (PNG bytes, info)."""
     req = parse_preview_request(body)
     image_path = resolve_in_folder(_folder(req.image.type), req.image)
-    image = _cached(image_path, "rgb", load_rgb)
+    name = _shown_name(req.image)
+    rgb = cache.get(image_path, "rgb", lambda p: load_rgb(p, name))
+    if rgb.shape[0] * rgb.shape[1] > MAX_PREVIEW_PIXELS:
+        raise PreviewRequestError(f"{name!r}: {rgb.shape[1]}x{rgb.shape[0]} is larger than the preview handles "
+                                  f"({MAX_PREVIEW_PIXELS:,} pixels); the nodes still edit it")
     mask = None
     if req.mask is not None:
         mask_path = resolve_in_folder(_folder(req.mask.type), req.mask)
-        mask = _cached(mask_path, "mask:" + req.mask_channel, lambda p: load_mask(p, req.mask_channel))
-        if mask is not None and tuple(mask.shape) != tuple(image.shape[:2]):
-            raise PreviewRequestError(
-                f"mask: {mask.shape[1]}x{mask.shape[0]} does not match the image {image.shape[1]}x{image.shape[0]}")
+        mname = _shown_name(req.mask)
+        mask = torch.from_numpy(cache.get(mask_path, "mask:" + req.mask_channel,
+                                          lambda p: load_mask(p, mname, req.mask_channel)))
+    image = torch.from_numpy(rgb).float().div_(255.0)
     preview, info = warp_preview(image, req.points, mask, holes=req.holes)
-    return to_png(preview), info
+    pixels = preview.clamp(0, 1).mul(255).round().to(torch.uint8).numpy()
+    return to_png(pixels), info
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def read_body(request: web.Request, limit: int = MAX_BODY) -> bytes:
+    """The request body, read as a stream and refused past ``limit`` bytes, whether or not the
+    client sent a Content-Length (a chunked body has none)."""
+    if request.content_length is not None and request.content_length > limit:
+        raise BodyTooLarge
+    chunks, size = [], 0
+    async for chunk in request.content.iter_chunked(16 << 10):
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_json_body(raw: bytes):
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise PreviewRequestError("request body: JSON nested too deeply") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        msg = e.msg if isinstance(e, json.JSONDecodeError) else "not UTF-8"
+        raise PreviewRequestError(f"request body: not valid JSON ({msg})") from None
 
 
 def _bad(message: str, status: int = 400):
     return web.json_response({"error": message}, status=status)
 
 
-@PromptServer.instance.routes.get(IMAGE_ROUTE)
-async def fastdrag_image(request: web.Request):
-    """The picture as LoadImage reads it (EXIF orientation applied, alpha dropped), as PNG, so the
-    editor places points on exactly the pixels the node gets. Query: filename, subfolder, type."""
-    q = request.rel_url.query
-    try:
-        ref = parse_file_ref({"filename": q.get("filename"), "subfolder": q.get("subfolder", ""),
-                              "type": q.get("type", "input")}, "image")
-        path = resolve_in_folder(_folder(ref.type), ref)
-        png = await asyncio.get_running_loop().run_in_executor(
-            None, lambda: to_png(_cached(path, "rgb", load_rgb)))
-    except PreviewRequestError as e:
-        return _bad(str(e))
-    return web.Response(body=png, content_type="image/png", headers={"Cache-Control": "no-cache"})
+def register_routes(routes, cache_bytes: int = CACHE_BYTES) -> DecodedImageCache:
+    """Add GET /fastdrag/image and POST /fastdrag/preview to ``routes`` (an aiohttp RouteTableDef,
+    ``PromptServer.instance.routes``); returns the routes' decoded-image cache."""
+    cache = DecodedImageCache(cache_bytes)
 
+    @routes.get(IMAGE_ROUTE)
+    async def fastdrag_image(request: web.Request):
+        q = request.rel_url.query
+        try:
+            ref = parse_file_ref({"filename": q.get("filename"), "subfolder": q.get("subfolder", ""),
+                                  "type": q.get("type", "input")}, "image")
+            path = resolve_in_folder(_folder(ref.type), ref)
+            name = _shown_name(ref)
+            png = await asyncio.get_running_loop().run_in_executor(
+                None, lambda: to_png(cache.get(path, "rgb", lambda p: load_rgb(p, name))))
+        except PreviewRequestError as e:
+            return _bad(str(e))
+        except Exception:  # a bug, not the user's input: say so, keep the server up
+            log.exception("[FastDrag] GET %s failed", IMAGE_ROUTE)
+            return _bad("reading the image failed (a bug: see the server log)", status=500)
+        return web.Response(body=png, content_type="image/png", headers={"Cache-Control": "no-cache"})
 
-@PromptServer.instance.routes.post(ROUTE)
-async def fastdrag_preview(request: web.Request):
-    t0 = time.perf_counter()
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        return _bad(f"request body larger than {MAX_BODY} bytes")
-    try:
-        body = await request.json()
-    except ValueError as e:
-        return _bad(f"request body: not valid JSON ({e})")
-    try:  # off the event loop: a large image takes up to about a second on a CPU
-        png, info = await asyncio.get_running_loop().run_in_executor(None, render_preview, body)
-    except PreviewRequestError as e:
-        return _bad(str(e))
-    except Exception as e:  # a bug, not the user's input: say so, keep the server up
-        log.exception("[FastDrag] preview failed")
-        return _bad(f"preview failed: {type(e).__name__}: {e}", status=500)
-    ms = (time.perf_counter() - t0) * 1000
-    headers = {"X-FastDrag-Grid": "%dx%d" % tuple(info["grid"]), "X-FastDrag-Holes": str(info["holes"]),
-               "X-FastDrag-Ms": f"{ms:.1f}", "Cache-Control": "no-store"}
-    return web.Response(body=png, content_type="image/png", headers=headers)
+    @routes.post(ROUTE)
+    async def fastdrag_preview(request: web.Request):
+        t0 = time.perf_counter()
+        try:
+            body = parse_json_body(await read_body(request))
+            # off the event loop: a large image takes a good part of a second on a CPU
+            png, info = await asyncio.get_running_loop().run_in_executor(None, render_preview, body, cache)
+        except BodyTooLarge:
+            return _bad(f"request body larger than {MAX_BODY} bytes", status=413)
+        except PreviewRequestError as e:
+            return _bad(str(e))
+        except Exception:
+            log.exception("[FastDrag] POST %s failed", ROUTE)
+            return _bad("preview failed (a bug: see the server log)", status=500)
+        ms = (time.perf_counter() - t0) * 1000
+        headers = {"X-FastDrag-Grid": "%dx%d" % tuple(info["grid"]), "X-FastDrag-Holes": str(info["holes"]),
+                   "X-FastDrag-Whole-Image": "1" if info["whole_image"] else "0",
+                   "X-FastDrag-Ms": f"{ms:.1f}", "Cache-Control": "no-store"}
+        return web.Response(body=png, content_type="image/png", headers=headers)
+
+    return cache

@@ -32,17 +32,11 @@ def drag_to_latent(spec: DragSpec, latent_hw, node: str = "FastDragWarp"):
     if (h, w) != (H // 8, W // 8):
         raise ValueError(f"{node}: the latent is {w}x{h} (an image of {8 * w}x{8 * h} px) but the drag "
                          f"points belong to a {W}x{H} image; give FastDragPoints the image that was encoded")
-    try:
-        handles, targets, mask = core_points.drag_to_latent(
-            core_points.DragPoints(spec.handles, spec.targets, W, H), spec.mask, (H, W))
+    try:  # the same validation as FastDragPoints and the editor's preview
+        checked = core_points.check_drag(core_points.DragPoints(spec.handles, spec.targets, W, H), (H, W), spec.mask)
     except ValueError as e:
         raise ValueError(f"{node}: {e}") from None
-    if mask is None:
-        mask = torch.ones(h, w, dtype=torch.bool)
-    elif not bool(mask.any()):
-        raise ValueError(f"{node}: the mask ({int(spec.mask.sum())} px) covers no latent cell "
-                         f"at {w}x{h}; paint a larger editable region")
-    return handles, targets, mask
+    return checked.handles, checked.targets, checked.mask
 
 
 class FastDragWarp(io.ComfyNode):

@@ -120,5 +120,82 @@ def test_drag_to_latent_crops_like_vaeencode():
     # shifted to (9, 9): x_lat = round(9 / 64 * 32) / 4 = round(4.5) / 4 = 1.0 (not 10/67*33 -> 1.25)
     assert handles.tolist() == [[1.0, 1.0]] and targets.tolist() == [[3.5, 1.0]]  # round(29/2)=14 -> 3.5
     assert lat_mask.shape == (6, 8) and lat_mask.nonzero().tolist() == [[0, 0]]
-    with pytest.raises(ValueError, match="offset x=1, y=1"):
+    with pytest.raises(ValueError, match=r"border VAEEncode crops away: a 67x50 image is encoded as its centred 64x48 part \(x from 1 to below 65, y from 1 to below 49\)"):
         drag_to_latent(parse_points("[[0, 0], [5, 5]]"), None, (50, 67))
+
+
+# -- check_drag: the one validation of the preview route, FastDragPoints and FastDragWarp ----------
+
+def _drags(*pairs, w=None, h=None):
+    return DragPoints(tuple(p[0] for p in pairs), tuple(p[1] for p in pairs), w, h)
+
+
+def test_check_drag_refuses_the_crop_margin_and_names_it():
+    from fastdrag_core.points import check_drag
+
+    # 126 x 128 (W x H): VAEEncode keeps x in [3, 123); x = 2 and x = 123 are cropped away
+    ok = check_drag(_drags(((3, 0), (122.9, 127.5))), (128, 126))
+    assert ok.crop == (0, 3, 128, 120)
+    for bad in (((2, 10), (50, 50)), ((50, 50), (123, 10))):
+        with pytest.raises(ValueError, match=r"in the border VAEEncode crops away: a 126x128 image is encoded as its "
+                                             r"centred 120x128 part \(x from 3 to below 123"):
+            check_drag(_drags(bad), (128, 126))
+
+
+def test_check_drag_caps_drags_and_cell_drags():
+    from fastdrag_core.points import MAX_CELL_DRAGS, MAX_DRAGS, check_drag
+
+    many = _drags(*[((1, 1), (2, 2))] * (MAX_DRAGS + 1))
+    with pytest.raises(ValueError, match=f"{MAX_DRAGS + 1} drags, at most {MAX_DRAGS}"):
+        check_drag(many, (64, 64))
+    check_drag(_drags(*[((1, 1), (2, 2))] * MAX_DRAGS), (64, 64))
+    # cells x drags: 512x512 latent cells (4096 px) = 262,144 cells; 16 drags = 2^22 pass, 17 do not
+    assert MAX_CELL_DRAGS == 16 * 512 * 512
+    check_drag(_drags(*[((1, 1), (2, 2))] * 16), (4096, 4096))
+    with pytest.raises(ValueError, match="4,456,448 cell-drags"):
+        check_drag(_drags(*[((1, 1), (2, 2))] * 17), (4096, 4096))
+
+
+def test_parse_caps_drags_before_building_them():
+    from fastdrag_core.points import MAX_DRAGS
+
+    big = json.dumps({"version": 1, "drags": [{"handle": [1, 1], "target": [2, 2]}] * 30000})
+    with pytest.raises(ValueError, match=f"30000 drags, at most {MAX_DRAGS}"):
+        parse_points(big)
+    with pytest.raises(ValueError, match="30000 drags"):
+        parse_points([[1, 1]] * 60000)
+    with pytest.raises(ValueError, match="nested too deeply"):
+        parse_points("[" * 100000 + "]" * 100000)
+    assert len(parse_points('{"version": 1, "drags": []}', allow_empty=True)) == 0
+    assert len(parse_points("", allow_empty=True)) == 0
+
+
+def test_check_drag_mask_rules():
+    from fastdrag_core.points import check_drag
+
+    d = _drags(((10, 10), (20, 20)))
+    with pytest.raises(ValueError, match="^the mask is empty; paint"):
+        check_drag(d, (64, 64), torch.zeros(1, 64, 64))
+    with pytest.raises(ValueError, match="^the mask is empty"):  # LoadImage's placeholder: "empty", not "size"
+        check_drag(d, (128, 128), torch.zeros(64, 64))
+    with pytest.raises(ValueError, match="^the mask is 32x64 \\(WxH\\), which does not match the 64x64 image"):
+        check_drag(d, (64, 64), torch.ones(64, 32))
+    with pytest.raises(ValueError, match="batch of 2"):
+        check_drag(d, (64, 64), torch.ones(2, 64, 64))
+    one_px = torch.zeros(64, 64)
+    one_px[0, 0] = 1  # the official mask rule samples pixels 2 and 4 of each 8: no cell is set
+    with pytest.raises(ValueError, match="covers no latent cell"):
+        check_drag(d, (64, 64), one_px)
+    whole = check_drag(d, (64, 64))
+    assert whole.image_mask is None and whole.mask.all() and whole.mask.shape == (8, 8)
+
+
+def test_check_drag_rescales_and_keeps_image_pixels():
+    from fastdrag_core.points import check_drag
+
+    c = check_drag(_drags(((32, 16), (64, 8)), w=128, h=64), (32, 64))
+    assert c.points.handles == ((16.0, 8.0),) and c.points.targets == ((32.0, 4.0),)
+    assert (c.points.width, c.points.height) == (64, 32)
+    assert c.handles.tolist() == [[2.0, 1.0]] and c.targets.tolist() == [[4.0, 0.5]]
+    with pytest.raises(ValueError, match="outside the 64x32 image"):
+        check_drag(_drags(((10, 10), (64, 10))), (32, 64))

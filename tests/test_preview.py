@@ -162,12 +162,14 @@ def test_mask_limits_the_warp():
     assert not torch.allclose(out, full)
 
 
-def test_empty_mask_means_whole_image():
+def test_empty_mask_is_refused_like_the_node():
     img = torch.rand(48, 64, 3)
     drag = _points(((16, 16), (24, 20)))
-    a, _ = warp_preview(img, drag, torch.zeros(48, 64))
-    b, _ = warp_preview(img, drag, None)
-    assert torch.equal(a, b)
+    for empty in (torch.zeros(48, 64), torch.zeros(64, 64)):  # also LoadImage's 64x64 placeholder
+        with pytest.raises(PreviewRequestError, match="^the mask is empty; paint the region"):
+            warp_preview(img, drag, empty)
+    _, info = warp_preview(img, drag, None)
+    assert info["whole_image"] and info["mask_cells"] == 48
 
 
 def test_points_rescaled_from_another_size():
@@ -206,3 +208,40 @@ def test_crop_shifts_points_like_the_nodes():
     crop, _ = warp_preview(img[1:49, 1:65].contiguous(),
                            _points(((19, 19), (35, 13)), ((39, 29), (29, 33)), w=64, h=48), None)
     assert torch.equal(out, crop)
+
+
+# ------------------------------------------------------------------------------ the routes' decoded-image cache
+
+def test_decoded_image_cache_is_bounded_by_bytes(tmp_path):
+    import numpy as np
+
+    from fastdrag_core.preview import DecodedImageCache
+
+    files = []
+    for k in range(5):
+        f = tmp_path / f"{k}.bin"
+        f.write_bytes(b"x")
+        files.append(str(f))
+    loads = []
+
+    def load(n):
+        def fn(path):
+            loads.append(path)
+            return np.zeros(n, dtype=np.uint8)
+        return fn
+
+    cache = DecodedImageCache(max_bytes=1000)
+    for f in files[:3]:
+        cache.get(f, "rgb", load(400))          # 3 x 400 B > 1000 B: the oldest goes
+    assert len(cache) == 2 and cache.nbytes == 800
+    cache.get(files[1], "rgb", load(400))       # still there: no reload, and now the most recent
+    assert loads.count(files[1]) == 1
+    cache.get(files[3], "rgb", load(400))       # evicts files[2], the least recently used
+    cache.get(files[1], "rgb", load(400))
+    cache.get(files[2], "rgb", load(400))
+    assert loads.count(files[1]) == 1 and loads.count(files[2]) == 2
+    big = cache.get(files[4], "rgb", load(5000))  # larger than the bound: returned, not kept
+    assert big.nbytes == 5000 and cache.nbytes <= 1000 and len(cache) == 2
+    (tmp_path / "1.bin").write_bytes(b"changed")  # another size: a new key, read again
+    cache.get(files[1], "rgb", load(400))
+    assert loads.count(files[1]) == 2

@@ -1,7 +1,16 @@
 #!/usr/bin/env python3
-"""Drive the FastDragPoints editor in the real ComfyUI front end, in headless Chromium, over the
-DevTools protocol. Run with ComfyUI's venv python (needs aiohttp); test_editor_browser.py starts
-the server and this script, then asserts on the JSON this script prints as its last line.
+"""Drive the FastDrag front end (points editor, templates, node summaries) in the real ComfyUI
+front end, in headless Chromium, over the DevTools protocol. Run with ComfyUI's venv python (needs
+aiohttp); test_editor_browser.py runs this script once against the session's test server, then
+asserts on the JSON this script prints as its last line (one section per scenario, each with its
+own errors, so one failing scenario does not hide the others).
+
+Scenarios (``--scenarios``, in this order, one browser for all): ``templates`` (the template
+browser lists the pack's workflows with thumbnails and descriptions), ``examples`` (each workflow
+in workflows/ loads, the editor shows its picture and drags; the first is queued on the test
+checkpoint and FastDragEdit shows its summary), ``upstream`` (Load Image -> Image Scale -> a new
+FastDragPoints: run, picture, press-and-drag, stale picture after rewiring), ``editor`` (the full
+editor scenario), ``vue`` (the same up to Clear in the "Nodes 2.0" renderer, plus resizing).
 
 Every interaction is a real input event (CDP Input.dispatchMouseEvent / dispatchKeyEvent) at the
 viewport position of an image pixel, so the canvas's own event handlers and coordinate mapping are
@@ -10,11 +19,11 @@ what is tested; JS evaluation is only used to read state (widget values, node ge
 import argparse
 import asyncio
 import base64
+import glob
 import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -33,12 +42,6 @@ SECOND = ((60, 180), (90, 168))          # a pair that gets removed again
 EXTERNAL = ((250, 150), (226, 176))      # a pair typed into the points JSON
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class CDP:
     def __init__(self, ws):
         self.ws, self.n, self.pending, self.console = ws, 0, {}, []
@@ -50,7 +53,9 @@ class CDP:
                 self.pending.pop(data["id"]).set_result(data)
                 continue
             method, p = data.get("method"), data.get("params", {})
-            if method == "Runtime.exceptionThrown":
+            if method == "Page.javascriptDialogOpening":  # "leave the page?" on reload: yes
+                asyncio.get_running_loop().create_task(self.call("Page.handleJavaScriptDialog", accept=True))
+            elif method == "Runtime.exceptionThrown":
                 d = p["exceptionDetails"]
                 self.console.append({"kind": "exception", "url": d.get("url", ""),
                                      "text": (d.get("exception", {}).get("description") or d.get("text", ""))[:800]})
@@ -159,31 +164,35 @@ async def shoot(cdp, args, name, node=False):
         f.write(base64.b64decode(shot["data"]))
 
 
-async def scenario(cdp, args, R):
-    http_base = args.url
-    await cdp.call("Page.navigate", url=args.url)
+async def open_app(cdp, url):
+    """Load the front end and wait until the app and its graph canvas exist."""
+    await cdp.call("Page.navigate", url=url)
     await cdp.wait("!!(window.comfyAPI && window.comfyAPI.app && window.comfyAPI.app.app"
                    " && window.comfyAPI.app.app.graph && window.comfyAPI.app.app.canvas)", timeout=90, every=0.25)
     await cdp.js("window.app = window.comfyAPI.app.app; true")
-    R["extension_loaded"] = await cdp.wait(
-        "app.extensionManager && (window.comfyAPI.app.app.extensions || []).some(e => e.name === 'fastdrag.points_editor')"
-        " || !!LiteGraph.registered_node_types['FastDragPoints']", timeout=30)
+    await cdp.wait("!!LiteGraph.registered_node_types['FastDragPoints']", timeout=30)
     await asyncio.sleep(1.0)  # let the startup workflow restore finish before replacing the graph
 
-    # ---- load the workflow (UI format); retry: the startup restore can still replace the graph
-    with open(args.workflow) as f:
-        wf = json.load(f)
+
+async def load_graph(cdp, wf, editor=True):
+    """Load a UI-format workflow; retry: the startup restore can still replace the graph. True once
+    its FastDragPoints editor shows an image (``editor``), or once its nodes are on the canvas."""
+    ready = find_node if editor else (lambda c: c.js(f"app.graph.nodes.length === {len(wf['nodes'])}"))
     for _ in range(3):
         await cdp.js(f"Promise.resolve(app.loadGraphData({json.dumps(wf)})).then(() => true)")
         t0 = time.time()
-        ok = False
         while time.time() - t0 < 10:
-            if await find_node(cdp):
-                ok = True
-                break
+            if await ready(cdp):
+                return True
             await asyncio.sleep(0.2)
-        if ok:
-            break
+    return False
+
+
+async def editor_scenario(cdp, args, R, workflow, graph_undo=True, prefix=""):
+    http_base = args.url
+    with open(workflow) as f:
+        wf = json.load(f)
+    ok = await load_graph(cdp, wf)
     R["workflow_loaded"] = ok
     if not ok:
         return
@@ -269,7 +278,7 @@ async def scenario(cdp, args, R):
     except TimeoutError:
         R["editor_shows_run_image"] = None
     await asyncio.sleep(0.5)
-    await shoot(cdp, args, "editor_after_run.png")
+    await shoot(cdp, args, prefix + "editor_after_run.png")
     R["node_size_after_run"] = await cdp.js("window.__fd.size")
 
     # ---- reload the saved workflow: the points come back and are drawn
@@ -285,7 +294,7 @@ async def scenario(cdp, args, R):
     R["drags_drawn_after_reload"] = await cdp.js(f"{ED}.state().drags.length")
 
     await asyncio.sleep(0.3)
-    await shoot(cdp, args, "editor_node.png", node=True)
+    await shoot(cdp, args, prefix + "editor_node.png", node=True)
 
     # ---- warp preview: toggle it on with a click, an image arrives; a drag updates it
     tg = await center(cdp, "previewToggle")
@@ -317,9 +326,8 @@ async def scenario(cdp, args, R):
     await asyncio.sleep(0.3)
 
     # ---- screenshots: the page, and the node with the preview on (the one without is taken above)
-    await shoot(cdp, args, "editor_browser.png")
-    await shoot(cdp, args, "editor_node_preview.png", node=True)
-    R["screenshots"] = sorted(f for f in os.listdir(args.out_dir) if f.endswith(".png"))
+    await shoot(cdp, args, prefix + "editor_browser.png")
+    await shoot(cdp, args, prefix + "editor_node_preview.png", node=True)
 
     # ---- Clear, then Ctrl+Z brings the drags back; the JSON button shows the points widget
     # (an edit on the canvas first: it ends with a mouseup, on which ComfyUI records the graph state)
@@ -330,7 +338,7 @@ async def scenario(cdp, args, R):
     await cdp.click(*cb)
     await asyncio.sleep(0.1)
     R["drags_after_clear"] = len((await cdp.js(POINTS))["drags"])
-    if args.no_graph_undo:  # (the Vue node renderer keeps the old node's widget element after it)
+    if not graph_undo:  # (the Vue node renderer keeps the old node's widget element after it)
         await asyncio.sleep(0.3)
         await cdp.js("window.__fdEd = null; true")
         R["removed"] = None
@@ -363,62 +371,341 @@ async def scenario(cdp, args, R):
                                 " editor_on_node: !!window.__fd.fastdragEditor})")
 
 
-async def example_scenario(cdp, args, R):
-    """Load a shipped example workflow: the editor shows LoadImage's file and its drags; add one."""
-    await cdp.call("Page.navigate", url=args.url)
-    await cdp.wait("!!(window.comfyAPI && window.comfyAPI.app && window.comfyAPI.app.app"
-                   " && window.comfyAPI.app.app.graph && window.comfyAPI.app.app.canvas)", timeout=90, every=0.25)
-    await cdp.js("window.app = window.comfyAPI.app.app; true")
-    await asyncio.sleep(1.0)
-    with open(args.example) as f:
-        wf = json.load(f)
-    ok = False
-    for _ in range(3):
-        await cdp.js(f"Promise.resolve(app.loadGraphData({json.dumps(wf)})).then(() => true)")
-        t0 = time.time()
-        while time.time() - t0 < 10 and not ok:
-            ok = await find_node(cdp)
-            await asyncio.sleep(0.2)
-        if ok:
-            break
-    R["workflow_loaded"] = ok
-    if not ok:
+STATUS = f"{ED}.status"
+
+
+async def status_facts(cdp):
+    """The status line: its text, whether it shows all of it (no clipping), the picture's tooltip."""
+    return await cdp.js(f"(() => {{ const s = {STATUS}; return {{text: s.textContent,"
+                        f" clipped: s.scrollWidth > s.clientWidth + 1 || s.scrollHeight > s.clientHeight + 1,"
+                        f" tooltip: {ED}.canvas.title}}; }})()")
+
+
+async def dot_rings(cdp, x, y, r=5):
+    """Canvas pixels on a horizontal line through the dot at image pixel (x, y): the darkest and
+    lightest luminance found in the ring just outside the filled disc (radius r .. r + 3 css px)."""
+    return await cdp.js(f"""(() => {{
+      const e = {ED}, L = e.layout(), dpr = window.devicePixelRatio || 1;
+      const [cx, cy] = e.toCanvas([{x}, {y}], L);
+      const ctx = e.canvas.getContext('2d');
+      const lum = [];
+      for (let d = {r}; d <= {r} + 3.5; d += 0.5) for (const sx of [-1, 1]) {{
+        const p = ctx.getImageData(Math.round((cx + sx * d) * dpr), Math.round(cy * dpr), 1, 1).data;
+        lum.push(0.299 * p[0] + 0.587 * p[1] + 0.114 * p[2]);
+      }}
+      return {{dark: Math.min(...lum), light: Math.max(...lum)}};
+    }})()""")
+
+
+async def wait_history(http, base, before, timeout=120):
+    """The history entry of the first prompt queued after ``before`` (ids), once it has finished."""
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        async with http.get(f"{base}/history") as r:
+            hist = await r.json()
+        new = [k for k in hist if k not in before]
+        if new:
+            st = hist[new[0]].get("status", {})
+            if st.get("completed") or st.get("status_str") == "error":
+                return hist[new[0]]
+        await asyncio.sleep(0.25)
+    return None
+
+
+async def history_ids(http, base):
+    async with http.get(f"{base}/history") as r:
+        return set((await r.json()).keys())
+
+
+async def queue_and_wait(cdp, args):
+    """Queue the graph as the Queue button does (graphToPrompt, POST /prompt with this page's client
+    id, so the server's messages come back to it); wait for its history entry. A prompt the server
+    refuses comes back as {"status": {"status_str": "refused"}, "node_errors": ...}."""
+    async with aiohttp.ClientSession() as http:
+        before = await history_ids(http, args.url)
+        res = await cdp.js("""(async () => { const { api } = window.comfyAPI.api; const p = await app.graphToPrompt();
+          const r = await api.fetchApi('/prompt', {method: 'POST', headers: {'Content-Type': 'application/json'},
+            body: JSON.stringify({prompt: p.output, client_id: api.clientId, extra_data: {extra_pnginfo: {workflow: p.workflow}}})});
+          return {status: r.status, body: await r.json()}; })()""")
+        if res["status"] != 200 or res["body"].get("node_errors"):
+            return {"status": {"status_str": "refused", "messages": []}, "refused": res["body"]}
+        entry = await wait_history(http, args.url, before)
+    if entry and entry["status"].get("status_str") == "error":  # the front end shows an error dialog: close it
+        await asyncio.sleep(0.5)
+        await close_dialogs(cdp)
+    return entry
+
+
+async def close_dialogs(cdp):
+    """Close the front end's dialogs (template browser, error report): Escape, then a close button."""
+    for k in range(6):
+        if not await cdp.js("document.querySelectorAll('[role=dialog]').length"):
+            return True
+        if k % 2 == 0:
+            await cdp.key("Escape", "Escape", 27)
+        else:  # the dialog's close button: its top-right-most button
+            xy = await cdp.js("""(() => { let best = null, score = -1e9;
+              for (const b of document.querySelectorAll('[role=dialog] button')) { const r = b.getBoundingClientRect();
+                if (r.width > 0 && r.right - r.top > score) { score = r.right - r.top; best = [r.x + r.width / 2, r.y + r.height / 2]; } }
+              return best; })()""")
+            if xy:
+                await cdp.click(*xy)
+        await asyncio.sleep(0.4)
+    return not await cdp.js("document.querySelectorAll('[role=dialog]').length")
+
+
+def error_message(entry):
+    if entry and entry.get("refused"):
+        return json.dumps(entry["refused"])[:1500]
+    for kind, data in (entry or {}).get("status", {}).get("messages", []):
+        if kind == "execution_error":
+            return data.get("exception_message", "")
+    return None
+
+
+async def templates_scenario(cdp, args, R):
+    """Open the template browser on the pack's category: every workflow is listed, with a loaded
+    thumbnail and a description."""
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{args.url}/workflow_templates") as r:
+            listed = (await r.json()).get(args.pack_name, [])
+    R["listed"] = sorted(listed)
+    await cdp.js("Promise.resolve(app.extensionManager.command.execute('Comfy.BrowseTemplates')).then(() => true)")
+    # the pack's own category in the dialog's navigation (label = the pack's folder name)
+    nav = await cdp.wait(f"""(() => {{
+      const el = [...document.querySelectorAll('[role=dialog] *')].find(e => e.children.length === 0
+        && e.textContent.trim() === {json.dumps(args.pack_name)});
+      if (!el) return null; const r = el.getBoundingClientRect();
+      return r.width > 0 && [r.x + r.width / 2, r.y + r.height / 2]; }})()""", timeout=20)
+    await cdp.click(*nav)
+    try:  # the cards and their thumbnails load lazily
+        await cdp.wait(f"""(() => {{ const imgs = [...document.querySelectorAll('[role=dialog] img')]
+          .filter(i => i.getBoundingClientRect().width > 0);
+          return imgs.length >= {len(listed)} && imgs.every(i => i.complete && i.naturalWidth > 0); }})()""", timeout=20)
+    except TimeoutError:
+        pass  # the test reports what is there
+    await asyncio.sleep(0.3)
+    R["cards"] = await cdp.js("""(() => [...document.querySelectorAll('[role=dialog] img')]
+      .filter(i => i.getBoundingClientRect().width > 0)
+      .map(i => { let c = i; for (let k = 0; k < 8 && c && !/card/i.test(c.className || ''); k++) c = c.parentElement;
+                  return {src: i.currentSrc || i.src, loaded: i.complete && i.naturalWidth > 0,
+                          text: (c || i.parentElement).innerText}; }))()""")
+    await shoot(cdp, args, "templates_dialog.png")
+    R["closed"] = await close_dialogs(cdp)
+
+
+async def examples_scenario(cdp, args, R):
+    """Each shipped workflow: the editor shows its picture and drags, one more drag can be placed;
+    the first one is then queued on the test checkpoint: FastDragEdit shows its own summary."""
+    R["workflows"] = {}
+    for path in sorted(glob.glob(os.path.join(args.workflows, "*.json"))):
+        with open(path) as f:
+            wf = json.load(f)
+        editor = any(n.get("type") == "FastDragPoints" for n in wf.get("nodes", []))
+        name = os.path.splitext(os.path.basename(path))[0]
+        W = R["workflows"][name] = {"editor": editor}
+        W["workflow_loaded"] = ok = await load_graph(cdp, wf, editor=editor)
+        if not ok:
+            continue
+        # the whole graph on screen, as a user opening the template sees it (also the thumbnail)
+        await cdp.js("app.canvas.ds.scale = 1; app.canvas.ds.offset = [0, 0]; true")
+        W["overlaps"] = await cdp.js("""(() => { const ns = app.graph.nodes, t = LiteGraph.NODE_TITLE_HEIGHT, out = [];
+          for (const a of ns) for (const b of ns) if (a.id < b.id) {
+            const ax = a.pos[0], ay = a.pos[1] - t, bx = b.pos[0], by = b.pos[1] - t;
+            if (ax < bx + b.size[0] && bx < ax + a.size[0] && ay < by + b.size[1] + t && by < ay + a.size[1] + t)
+              out.push([a.type, b.type]); }
+          return out; })()""")
+        W["extent"] = await cdp.js("""(() => { let x1 = 0, y1 = 0; for (const n of app.graph.nodes) {
+          x1 = Math.max(x1, n.pos[0] + n.size[0]); y1 = Math.max(y1, n.pos[1] + n.size[1]); } return [x1, y1]; })()""")
+        W["notes"] = await cdp.js("app.graph.nodes.filter(n => /Note/.test(n.type)).map(n => n.widgets?.[0]?.value ?? '')")
+        W["sizes"] = await cdp.js("Object.fromEntries(app.graph.nodes.map(n => [n.type, [...n.pos, ...n.size]]))")
+        await asyncio.sleep(0.5)
+        await shoot(cdp, args, f"workflow_{name}.png")
+        if args.thumbnails:  # the whole graph, fitted into the view, 512 px wide
+            clip = await cdp.js("""(() => { const ns = app.graph.nodes, t = LiteGraph.NODE_TITLE_HEIGHT, ds = app.canvas.ds;
+              let x0 = 1e9, y0 = 1e9, x1 = -1e9, y1 = -1e9;
+              for (const n of ns) { x0 = Math.min(x0, n.pos[0]); y0 = Math.min(y0, n.pos[1] - t);
+                x1 = Math.max(x1, n.pos[0] + n.size[0]); y1 = Math.max(y1, n.pos[1] + n.size[1]); }
+              // the part of the canvas not under the side bar and the top menu
+              const r = app.canvas.canvas.getBoundingClientRect(), left = 70, top = 110, pad = 12;
+              const w = r.width - left - 20, h = r.height - top - 80;
+              const s = Math.min(1, (w - 2 * pad) / (x1 - x0), (h - 2 * pad) / (y1 - y0));
+              ds.scale = s; ds.offset = [(left + pad) / s - x0, (top + pad) / s - y0]; app.canvas.setDirty(true, true);
+              return {x: r.left + left, y: r.top + top, width: (x1 - x0) * s + 2 * pad, height: (y1 - y0) * s + 2 * pad}; })()""")
+            await asyncio.sleep(0.8)
+            clip["scale"] = 512 / clip["width"]
+            shot = await cdp.call("Page.captureScreenshot", format="jpeg", quality=82, clip=clip)
+            with open(os.path.join(args.thumbnails, name + ".jpg"), "wb") as f:
+                f.write(base64.b64decode(shot["data"]))
+        if not editor:
+            continue
+        # bring the points node into view at scale 1, top left
+        await cdp.js("(() => { const n = window.__fd, ds = app.canvas.ds; ds.scale = 1;"
+                     " ds.offset = [120 - n.pos[0], 140 - n.pos[1]]; app.canvas.setDirty(true, true); return true; })()")
+        await asyncio.sleep(0.6)
+        W["image_size"] = await cdp.js(f"{ED}.imageSize()")
+        W["image_source"] = await cdp.js(f"{ED}.imageRef")
+        W["points_before"] = await cdp.js(POINTS)
+        W["drags_drawn"] = await cdp.js(f"{ED}.state().drags.length")
+        w, h = W["image_size"]
+        a, b = (round(w * 0.25), round(h * 0.7)), (round(w * 0.3), round(h * 0.6))
+        W["clicked"] = [a, b]
+        await cdp.click(*await pixel(cdp, *a))
+        await cdp.click(*await pixel(cdp, *b))
+        await asyncio.sleep(0.1)
+        W["points_after"] = await cdp.js(POINTS)
+        await shoot(cdp, args, f"example_{name}.png")
+        if name == args.run_workflow and args.ckpt:
+            # run it on the test checkpoint: FastDragEdit shows the inversion and sampling lines
+            # (on the server's small test picture: the node rescales the shipped points to it)
+            await cdp.js(f"""(() => {{ const c = app.graph.nodes.find(n => n.type === 'CheckpointLoaderSimple');
+              c.widgets[0].value = {json.dumps(args.ckpt)};
+              const li = app.graph.nodes.find(n => n.type === 'LoadImage');
+              li.widgets.find(w => w.name === 'image').value = {json.dumps(args.run_image)}; return true; }})()""")
+            entry = await queue_and_wait(cdp, args)
+            R["edit_run"] = {"workflow": name, "status": entry and entry["status"].get("status_str"),
+                             "error": error_message(entry)}
+            await asyncio.sleep(0.5)
+            R["edit_run"]["summary"] = await cdp.js(
+                "(() => { const n = app.graph.nodes.find(n => n.type === 'FastDragEdit');"
+                " return n && n.fastdragSummary ? n.fastdragSummary.el.textContent : null; })()")
+            R["edit_run"]["edit_id"] = await cdp.js("String(app.graph.nodes.find(n => n.type === 'FastDragEdit').id)")
+            R["edit_run"]["text_outputs"] = entry and {k: {"text": v.get("text"), **entry.get("meta", {}).get(k, {})}
+                                                       for k, v in entry.get("outputs", {}).items() if "text" in v}
+            await shoot(cdp, args, f"example_{name}_after_run.png")
+
+
+async def upstream_scenario(cdp, args, R):
+    """Load Image -> Image Scale -> a new FastDragPoints (no drags): the run stops at the node, which
+    sends its picture; press-and-drag places a drag; rewiring marks the picture stale."""
+    await cdp.js(f"""(() => {{ app.clean?.(); const g = app.graph; g.clear();
+      const add = (type, x, y) => {{ const n = LiteGraph.createNode(type); n.pos = [x, y]; g.add(n); return n; }};
+      const li = add('LoadImage', 40, 100), sc = add('ImageScale', 360, 100),
+            fd = add('FastDragPoints', 680, 100), pa = add('PreviewAny', 1200, 100);
+      li.widgets.find(w => w.name === 'image').value = {json.dumps(args.image)};
+      sc.widgets.find(w => w.name === 'width').value = 256; sc.widgets.find(w => w.name === 'height').value = 192;
+      li.connect(0, sc, 0); sc.connect(0, fd, 0); fd.connect(0, pa, 0);
+      window.__fd = fd; window.__scale = sc; app.canvas.ds.scale = 1; app.canvas.ds.offset = [-560, 0];
+      app.canvas.setDirty(true, true); return true; }})()""")
+    await asyncio.sleep(0.8)
+    R["before_run"] = {"image": await cdp.js(f"!!{ED}.image"), "message": await cdp.js(
+        f"(() => {{ const e = {ED}; return e.layout() ? null : 'no picture'; }})()")}
+    entry = await queue_and_wait(cdp, args)
+    R["first_run"] = {"status": entry and entry["status"].get("status_str"), "error": error_message(entry)}
+    try:
+        await cdp.wait(f"{ED}.image && {ED}.imageRef && {ED}.imageRef.type === 'temp'", timeout=10)
+        R["picture_after_run"] = {"size": await cdp.js(f"{ED}.imageSize()"), "stale": await cdp.js(f"{ED}.stale")}
+    except TimeoutError:
+        R["picture_after_run"] = None
         return
-    # bring the node into view at scale 1, top left
-    await cdp.js("(() => { const n = window.__fd, ds = app.canvas.ds; ds.scale = 1;"
-                 " ds.offset = [120 - n.pos[0], 140 - n.pos[1]]; app.canvas.setDirty(true, true); return true; })()")
-    await asyncio.sleep(0.6)
-    R["image_size"] = await cdp.js(f"{ED}.imageSize()")
-    R["image_source"] = await cdp.js(f"{ED}.imageRef")
-    R["points_before"] = await cdp.js(POINTS)
-    R["drags_drawn"] = await cdp.js(f"{ED}.state().drags.length")
-    w, h = R["image_size"]
-    a, b = (round(w * 0.25), round(h * 0.7)), (round(w * 0.3), round(h * 0.6))
-    R["clicked"] = [a, b]
-    await cdp.click(*await pixel(cdp, *a))
-    await cdp.click(*await pixel(cdp, *b))
-    await asyncio.sleep(0.1)
-    R["points_after"] = await cdp.js(POINTS)
-    await shoot(cdp, args, "example_" + os.path.splitext(os.path.basename(args.example))[0] + ".png")
+    R["status_no_mask"] = await status_facts(cdp)
+    # press-and-drag: hold the button, move (rubber band), release on the target
+    a, b = (70, 80), (150, 60)
+    pa, pb = await pixel(cdp, *a), await pixel(cdp, *b)
+    await cdp.mouse("mouseMoved", *pa, button="none")
+    await cdp.mouse("mousePressed", *pa, button="left", buttons=1)
+    for k in range(1, 7):
+        t = k / 8
+        await cdp.mouse("mouseMoved", pa[0] + (pb[0] - pa[0]) * t, pa[1] + (pb[1] - pa[1]) * t, button="left", buttons=1)
+        await asyncio.sleep(0.02)
+    R["mid_drag"] = await cdp.js(f"(() => {{ const e = {ED}; return {{pressed: !!e.pressed, moved: !!(e.pressed && e.pressed.moved),"
+                                 f" hover: e.hover, drags: e.state().drags.length}}; }})()")
+    await shoot(cdp, args, "upstream_rubber_band.png", node=True)
+    await cdp.mouse("mouseMoved", *pb, button="left", buttons=1)
+    await cdp.mouse("mouseReleased", *pb, button="left", buttons=0)
+    await asyncio.sleep(0.2)
+    R["points_after_press_drag"] = await cdp.js(POINTS)
+    R["target_dot"] = await dot_rings(cdp, *b)
+    R["handle_dot"] = await dot_rings(cdp, *a)
+    # a plain click still starts a click-click drag
+    await cdp.click(*await pixel(cdp, 200, 150))
+    R["pending_after_click"] = await cdp.js(f"{ED}.pending")
+    await cdp.key("Escape", "Escape", 27)
+    entry = await queue_and_wait(cdp, args)
+    R["second_run"] = {"status": entry and entry["status"].get("status_str"), "error": error_message(entry)}
+    # rewire: another size upstream -> the shown picture is stale until the next run
+    await asyncio.sleep(0.5)
+    R["key_before"] = await cdp.js(f"{ED}.runUpstreamKey")
+    await cdp.js("window.__scale.widgets.find(w => w.name === 'width').value = 224; app.canvas.setDirty(true, true); true")
+    await asyncio.sleep(0.5)
+    R["key_after"] = await cdp.js(f"[{ED}.runUpstreamKey, {ED}.stale, {ED}.useRun, {ED}.imageRef, {ED}.runImageRef]")
+    try:
+        await cdp.wait(f"{ED}.stale", timeout=3)
+        R["stale_after_rewire"] = True
+    except TimeoutError:
+        R["stale_after_rewire"] = False
+    R["status_stale"] = await status_facts(cdp)
+    await shoot(cdp, args, "upstream_stale.png", node=True)
+    entry = await queue_and_wait(cdp, args)
+    try:
+        await cdp.wait(f"!{ED}.stale && {ED}.imageSize() && {ED}.imageSize()[0] === 224", timeout=10)
+        R["after_rerun"] = {"stale": False, "size": await cdp.js(f"{ED}.imageSize()")}
+    except TimeoutError:
+        R["after_rerun"] = {"stale": await cdp.js(f"{ED}.stale"), "size": await cdp.js(f"{ED}.imageSize()")}
+    R["third_run"] = {"status": entry and entry["status"].get("status_str"), "error": error_message(entry)}
+
+
+async def set_setting(args, key, value):
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{args.url}/settings/{key}", data=json.dumps(value)) as r:
+            assert r.status == 200, await r.text()
+
+
+async def vue_scenario(cdp, args, R):
+    """The "Nodes 2.0" (Vue) renderer: the editor scenario up to Clear, and the canvas follows the
+    node when the user resizes it with its corner handle."""
+    await set_setting(args, "Comfy.VueNodes.Enabled", True)
+    async with aiohttp.ClientSession() as http:  # a fresh execution cache: the same prompt runs (and sends its image) again
+        async with http.post(f"{args.url}/free", data=json.dumps({"free_memory": True})) as r:
+            assert r.status == 200
+    try:
+        await open_app(cdp, args.url)
+        with open(args.workflow) as f:
+            wf = json.load(f)
+        R["resize"] = {"loaded": await load_graph(cdp, wf)}
+        await asyncio.sleep(0.8)
+        handle = await cdp.js(f"""(() => {{ const n = {ED}.root.closest('.lg-node');
+          const h = n && [...n.querySelectorAll('*')].find(e => getComputedStyle(e).cursor === 'se-resize');
+          if (!h) return null; const r = h.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; }})()""")
+        R["resize"]["canvas_before"] = await cdp.js(f"{ED}.canvas.clientHeight")
+        if handle:
+            await cdp.drag(handle, (handle[0] + 60, handle[1] + 160), steps=8)
+            await asyncio.sleep(0.8)
+            R["resize"]["canvas_after"] = await cdp.js(f"{ED}.canvas.clientHeight")
+            R["resize"]["node_after"] = await cdp.js(f"{ED}.root.closest('.lg-node').getBoundingClientRect().height")
+            await shoot(cdp, args, "vue_resized.png")
+        await editor_scenario(cdp, args, R, args.workflow, graph_undo=False, prefix="vue_")
+    finally:
+        await set_setting(args, "Comfy.VueNodes.Enabled", False)
+
+
+SCENARIOS = {"templates": templates_scenario, "examples": examples_scenario, "upstream": upstream_scenario,
+             "editor": lambda cdp, args, R: editor_scenario(cdp, args, R, args.workflow),
+             "vue": vue_scenario}
 
 
 async def main_async(args):
-    port = free_port()
     profile = tempfile.mkdtemp(prefix="fastdrag_chromium_")
-    proc = subprocess.Popen([args.chromium, *FLAGS, "--window-size=1400,1000", f"--remote-debugging-port={port}",
+    # port 0: Chromium picks a free port and writes it to DevToolsActivePort (no fixed or raced port)
+    proc = subprocess.Popen([args.chromium, *FLAGS, "--window-size=1400,1000", "--remote-debugging-port=0",
                              f"--user-data-dir={profile}", "about:blank"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     R = {"errors": []}
     try:
         async with aiohttp.ClientSession() as http:
             t0 = time.time()
+            active = os.path.join(profile, "DevToolsActivePort")
+            port = None
             while True:
                 try:
+                    if port is None:
+                        with open(active) as f:
+                            port = int(f.readline().strip())
                     async with http.get(f"http://127.0.0.1:{port}/json/list") as r:
                         targets = [t for t in await r.json() if t["type"] == "page"]
                     if targets:
                         break
-                except aiohttp.ClientError:
+                except (aiohttp.ClientError, OSError, ValueError):
                     pass
                 if time.time() - t0 > 30:
                     raise RuntimeError("chromium DevTools endpoint did not come up")
@@ -431,9 +718,23 @@ async def main_async(args):
                 await cdp.call("Emulation.setDeviceMetricsOverride", width=1400, height=1000, deviceScaleFactor=1,
                                mobile=False)
                 try:
-                    await (example_scenario if args.example else scenario)(cdp, args, R)
+                    await open_app(cdp, args.url)
                 except Exception:
                     R["errors"].append(traceback.format_exc())
+                names = args.scenarios.split(",")
+                if args.thumbnails and "templates" in names and "examples" in names:  # write them, then show them
+                    names.remove("templates")
+                    names.insert(names.index("examples") + 1, "templates")
+                for name in names:
+                    section = R[name] = {"errors": []}
+                    t1 = time.time()
+                    cdp.console_mark = len(cdp.console)
+                    try:
+                        await SCENARIOS[name](cdp, args, section)
+                    except Exception:
+                        section["errors"].append(traceback.format_exc())
+                    section["seconds"] = round(time.time() - t1, 1)
+                    section["console"] = cdp.console[cdp.console_mark:]
                 R["console"] = cdp.console
                 reader.cancel()
     finally:
@@ -449,10 +750,16 @@ async def main_async(args):
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--url", required=True)
-    ap.add_argument("--workflow", help="UI-format workflow with a FastDragPoints node (the full scenario)")
-    ap.add_argument("--example", help="instead: a shipped example workflow (short scenario)")
-    ap.add_argument("--no-graph-undo", action="store_true",
-                    help="stop after Clear: no Ctrl+Z (graph undo), JSON toggle or removal steps")
+    ap.add_argument("--scenarios", default=",".join(SCENARIOS))
+    ap.add_argument("--workflow", help="UI-format workflow with a FastDragPoints node (editor and vue scenarios)")
+    ap.add_argument("--workflows", help="the pack's workflows/ folder (examples scenario)")
+    ap.add_argument("--pack-name", default="comfyui-fastdrag", help="the pack's folder name in custom_nodes")
+    ap.add_argument("--image", default="fastdrag_editor_test.png", help="an input image (upstream scenario)")
+    ap.add_argument("--ckpt", help="checkpoint name to run the first template with (examples scenario)")
+    ap.add_argument("--run-image", default="fastdrag_test.png", help="the picture that template is run on")
+    ap.add_argument("--run-workflow", default="FastDrag edit in one node",
+                    help="the template run on the test checkpoint (an SD1.5 FastDragEdit graph)")
+    ap.add_argument("--thumbnails", help="write <workflow>.jpg template thumbnails into this folder")
     ap.add_argument("--out-dir", required=True)
     ap.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
     args = ap.parse_args()

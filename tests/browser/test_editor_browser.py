@@ -1,26 +1,26 @@
-"""The FastDragPoints editor in the real ComfyUI front end (headless Chromium) against the real
-server with this pack loaded, and the warp-preview route's answers to malformed input.
+"""The pack's front end in the real ComfyUI front end (headless Chromium) against the session's
+real server (tests/conftest.py: this pack, the test pack, the tiny checkpoint), and the editor's
+routes (preview, picture) answering well-formed and hostile requests.
 
-Needs: a ComfyUI checkout (``COMFYUI_ROOT``, or the pack sitting in ``ComfyUI/custom_nodes``) with
-a python that has its requirements (``COMFYUI_PYTHON``, default ``$COMFYUI_ROOT/../venv/bin/python``,
-as the comfy harness lays it out), and Debian's ``chromium`` (or ``CHROMIUM``). Skipped with the
-reason otherwise. Run:
-``COMFYUI_ROOT=~/.cache/comfy-harness/ComfyUI python3 -m pytest tests/browser -v`` The server runs on ``FASTDRAG_BROWSER_PORT`` (default 8201) from a
-temporary base directory; it is stopped (by its PID) at the end. Screenshots go to
-``artifacts/browser/`` (git-ignored) or ``FASTDRAG_ARTIFACTS``.
+Needs what the integration tests need (``COMFYUI_ROOT``, ComfyUI's python) plus Debian's
+``chromium`` (or ``CHROMIUM``); skipped with the reason otherwise, or failed under
+``FASTDRAG_REQUIRE_SERVER=1`` (CI). Run:
+``COMFYUI_ROOT=~/.cache/comfy-harness/ComfyUI python3 -m pytest tests/browser -v``. Screenshots go
+to ``artifacts/browser/`` (git-ignored) or ``FASTDRAG_ARTIFACTS``.
+``FASTDRAG_WRITE_THUMBNAILS=1`` also (re)writes ``workflows/<name>.jpg``, the templates'
+thumbnails, from the screenshots of the loaded workflows.
 
 This module itself is stdlib-only (pytest runs without ComfyUI's packages); the browser is driven
-by ``editor_driver.py`` under ComfyUI's python, which prints its observations as JSON.
+once per run by ``editor_driver.py`` under ComfyUI's python (all scenarios in one browser), which
+prints its observations as JSON; the tests below assert on its sections.
 """
 
 import glob
 import json
 import os
 import shutil
-import socket
 import struct
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -29,48 +29,15 @@ import zlib
 
 import pytest
 
+from comfy_server import PACK_NAME, skip_or_fail
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
-PACK = os.environ.get("FASTDRAG_PACK", ROOT)
-PACK_NAME = "ComfyUI-FastDrag"  # a git-clone-like folder name, not the pyproject name, as users get it
-PORT = int(os.environ.get("FASTDRAG_BROWSER_PORT", "8201"))
+WORKFLOWS = os.path.join(ROOT, "workflows")
 IMAGE_NAME = "fastdrag_editor_test.png"
 W, H = 320, 224
 ARTIFACTS = os.environ.get("FASTDRAG_ARTIFACTS", os.path.join(ROOT, "artifacts", "browser"))
-
-
-def _comfy():
-    """ComfyUI as the integration tests find it: COMFYUI_ROOT, or the pack sitting in ComfyUI/custom_nodes."""
-    root = os.environ.get("COMFYUI_ROOT")
-    if not root:
-        parent = os.path.dirname(os.path.realpath(ROOT))
-        root = os.path.dirname(parent) if os.path.basename(parent) == "custom_nodes" else ""
-    py = os.environ.get("COMFYUI_PYTHON", os.path.join(os.path.dirname(os.path.abspath(root or ".")), "venv", "bin", "python"))
-    return root, py
-
-
-COMFY, PY = _comfy()
 CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def _skip_reason():
-    if not COMFY:
-        return "no ComfyUI: set COMFYUI_ROOT to a ComfyUI checkout (and COMFYUI_PYTHON to its python)"
-    if not os.path.isfile(os.path.join(COMFY, "main.py")):
-        return f"COMFYUI_ROOT={COMFY} has no main.py"
-    if not os.access(PY, os.X_OK):
-        return f"no python for ComfyUI at {PY} (set COMFYUI_PYTHON)"
-    if subprocess.run([PY, "-c", "import aiohttp, PIL"], capture_output=True).returncode:
-        return f"{PY} lacks aiohttp/PIL (not ComfyUI's environment?)"
-    if not CHROMIUM:
-        return "chromium not found (apt-get install -y chromium, or set CHROMIUM)"
-    with socket.socket() as s:
-        if s.connect_ex(("127.0.0.1", PORT)) == 0:
-            return f"port {PORT} is busy (set FASTDRAG_BROWSER_PORT)"
-    return None
-
-
-pytestmark = pytest.mark.skipif(_skip_reason() is not None, reason=str(_skip_reason()))
 
 
 def png_rgba(width, height, pixel):
@@ -104,44 +71,12 @@ test_image_pixel.__test__ = False  # not a test
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    run = tmp_path_factory.mktemp("comfy_run")
-    for d in ("input", "output", "temp", "user/default", "custom_nodes"):
-        os.makedirs(run / d, exist_ok=True)
-    os.symlink(os.path.realpath(PACK), run / "custom_nodes" / PACK_NAME)
-    (run / "user" / "default" / "comfy.settings.json").write_text(json.dumps({
-        "Comfy.TutorialCompleted": True, "Comfy.Workflow.ShowMissingModelsWarning": False,
-        "Comfy.Workflow.ShowMissingNodesWarning": False}))
-    (run / "input" / IMAGE_NAME).write_bytes(png_rgba(W, H, test_image_pixel))
-    log = open(run / "server.log", "w")
-    proc = subprocess.Popen(
-        [PY, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(PORT), "--base-directory", str(run),
-         "--database-url", f"sqlite:///{run}/user/comfyui.db", "--disable-auto-launch", "--disable-api-nodes",
-         "--preview-method", "none"],
-        cwd=COMFY, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{PORT}"
-    try:
-        t0 = time.time()
-        while True:
-            try:
-                urllib.request.urlopen(url + "/system_stats", timeout=2).read()
-                break
-            except (urllib.error.URLError, OSError):
-                if proc.poll() is not None or time.time() - t0 > 180:
-                    raise RuntimeError("ComfyUI did not start:\n" + (run / "server.log").read_text()[-4000:])
-                time.sleep(0.3)
-        startup = (run / "server.log").read_text()
-        assert "IMPORT FAILED" not in startup or PACK_NAME not in startup.split("IMPORT FAILED", 1)[1][:300], \
-            startup[-3000:]
-        yield {"url": url, "run": run, "log": run / "server.log"}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+def web(server):
+    """The session server with the editor's test picture in its input folder."""
+    if not CHROMIUM:
+        skip_or_fail("chromium not found (apt-get install -y chromium, or set CHROMIUM)")
+    server.write_input(IMAGE_NAME, png_rgba(W, H, test_image_pixel))
+    return {"url": server.url, "run": __import__("pathlib").Path(server.base), "server": server}
 
 
 def post(url, payload, raw=None):
@@ -160,14 +95,14 @@ GOOD_POINTS = json.dumps({"version": 1, "width": W, "height": H,
 IMG = {"filename": IMAGE_NAME, "subfolder": "", "type": "input"}
 
 
-def test_preview_route_answers_png_fast(server):
+def test_preview_route_answers_png_fast(web):
     body = {"image": IMG, "mask": {**IMG, "channel": "alpha"}, "points": GOOD_POINTS}
-    status, headers, png, _ = post(server["url"], body)
+    status, headers, png, _ = post(web["url"], body)
     assert status == 200, png[:500]
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and headers["Content-Type"] == "image/png"
     assert headers["X-FastDrag-Grid"] == f"{W // 8}x{H // 8}"
     assert int(headers["X-FastDrag-Holes"]) > 0
-    times = sorted(post(server["url"], body)[3] for _ in range(5))
+    times = sorted(post(web["url"], body)[3] for _ in range(5))
     print(f"preview route {W}x{H}: median {times[2] * 1000:.0f} ms over HTTP (server {headers['X-FastDrag-Ms']} ms)")
     assert times[2] < 0.5
 
@@ -189,29 +124,32 @@ def test_preview_route_answers_png_fast(server):
     ("escape into user/", {"image": {"filename": "comfy.settings.json", "subfolder": "../user/default"},
                       "points": GOOD_POINTS}, None, "leaves"),
 ])
-def test_preview_route_rejects_malformed(server, name, payload, raw, words):
-    status, headers, body, _ = post(server["url"], payload, raw)
+def test_preview_route_rejects_malformed(web, name, payload, raw, words):
+    status, headers, body, _ = post(web["url"], payload, raw)
     assert status == 400, (name, status, body[:300])
     msg = json.loads(body)["error"]
     assert words in msg, (name, msg)
 
 
-def test_preview_route_mask_channels(server):
+def test_preview_route_mask_channels(web):
     """A grey-level mask file read by channel (LoadImageMask's way), and LoadImage's alpha."""
-    inp = server["run"] / "input"
+    inp = web["run"] / "input"
     (inp / "mask_left.png").write_bytes(png_rgba(W, H, lambda x, y: (255, 255, 255, 255) if x < 120 else (0, 0, 0, 255)))
     (inp / "mask_small.png").write_bytes(png_rgba(64, 64, lambda x, y: (255, 255, 255, 255)))
     pts = json.dumps({"version": 1, "width": W, "height": H, "drags": [{"handle": [60, 100], "target": [90, 90]}]})
     holes = {}
     for name, mask in [("none", None), ("red", {"filename": "mask_left.png", "channel": "red"}),
-                       ("alpha", {**IMG, "channel": "alpha"}),
-                       ("no alpha = whole image", {"filename": "mask_left.png", "channel": "alpha"})]:
-        status, headers, body, _ = post(server["url"], {"image": IMG, "mask": mask, "points": pts})
+                       ("alpha", {**IMG, "channel": "alpha"})]:
+        status, headers, body, _ = post(web["url"], {"image": IMG, "mask": mask, "points": pts})
         assert status == 200, (name, body[:300])
         holes[name] = int(headers["X-FastDrag-Holes"])
+        assert headers["X-FastDrag-Whole-Image"] == ("1" if mask is None else "0")
     assert holes["red"] != holes["none"] and holes["alpha"] != holes["none"]
-    assert holes["no alpha = whole image"] == holes["none"]
-    status, _, body, _ = post(server["url"], {"image": IMG, "mask": {"filename": "mask_small.png", "channel": "red"},
+    # a picture without alpha gives LoadImage's empty mask, which FastDragPoints refuses: so does the preview
+    status, _, body, _ = post(web["url"], {"image": IMG, "mask": {"filename": "mask_left.png", "channel": "alpha"},
+                                           "points": pts})
+    assert status == 400 and json.loads(body)["error"].startswith("the mask is empty; paint the region to edit")
+    status, _, body, _ = post(web["url"], {"image": IMG, "mask": {"filename": "mask_small.png", "channel": "red"},
                                               "points": pts})
     assert status == 400 and "does not match" in json.loads(body)["error"]
 
@@ -230,78 +168,112 @@ def get_image(url, **query):
         return e.code, e.read()
 
 
-def test_image_route_serves_what_loadimage_reads(server):
+def test_image_route_serves_what_loadimage_reads(web):
     """EXIF orientation applied (a phone photo), alpha dropped; escapes refused."""
-    jpg = server["run"] / "input" / "rotated.jpg"
-    subprocess.run([PY, "-c", "from PIL import Image; im = Image.new('RGB', (40, 20), (200, 30, 30)); "
+    jpg = web["run"] / "input" / "rotated.jpg"
+    subprocess.run([web["server"].py, "-c", "from PIL import Image; im = Image.new('RGB', (40, 20), (200, 30, 30)); "
                     "ex = im.getexif(); ex[0x0112] = 6; im.save(r'%s', exif=ex)" % jpg], check=True)
-    status, body = get_image(server["url"], filename="rotated.jpg", type="input")
+    status, body = get_image(web["url"], filename="rotated.jpg", type="input")
     assert status == 200 and png_size(body) == (20, 40)
-    status, body = get_image(server["url"], filename=IMAGE_NAME)
+    status, body = get_image(web["url"], filename=IMAGE_NAME)
     assert status == 200 and png_size(body) == (W, H)
     assert body[25] == 2  # colour type RGB: the alpha (LoadImage's mask) is not in the picture
     for bad in ({"filename": "../../../etc/passwd"}, {"filename": "passwd", "subfolder": "/etc"},
                 {"filename": IMAGE_NAME, "type": "models"}, {}):
-        status, body = get_image(server["url"], **bad)
+        status, body = get_image(web["url"], **bad)
         assert status == 400 and json.loads(body)["error"], bad
 
 
-def test_preview_route_rejects_non_image_in_input(server):
-    (server["run"] / "input" / "notes.txt").write_text("hello")
-    status, _, body, _ = post(server["url"], {"image": {"filename": "notes.txt"}, "points": GOOD_POINTS})
+def test_preview_route_rejects_non_image_in_input(web):
+    (web["run"] / "input" / "notes.txt").write_text("hello")
+    status, _, body, _ = post(web["url"], {"image": {"filename": "notes.txt"}, "points": GOOD_POINTS})
     assert status == 400 and "not a readable image" in json.loads(body)["error"]
 
 
-def drive(server, name, *args):
+@pytest.fixture(scope="module")
+def ui(web):
+    """Every browser scenario, run once in one Chromium (editor_driver.py); its JSON result."""
     os.makedirs(ARTIFACTS, exist_ok=True)
+    srv = web["server"]
+    for path in sorted(glob.glob(os.path.join(WORKFLOWS, "*.json"))):  # the pictures the templates expect
+        with open(path) as f:
+            wf = json.load(f)
+        fd = [n for n in wf["nodes"] if n["type"] == "FastDragPoints"]
+        for loader in (n for n in wf["nodes"] if n["type"] == "LoadImage"):
+            shipped = json.loads(fd[0]["widgets_values"][0]) if fd else {}
+            size = (shipped.get("width") or 512, shipped.get("height") or 512)
+            # the user's own picture: a stand-in of the size the shipped points were placed on
+            srv.write_input(loader["widgets_values"][0], png_rgba(*size, lambda x, y: (
+                x * 255 // size[0], y * 255 // size[1], 128, 255)))
     # a fresh execution cache: a prompt equal to an earlier one would not execute (nor send its image)
-    req = urllib.request.Request(f"{server['url']}/free", data=b'{"free_memory": true}', method="POST",
+    req = urllib.request.Request(f"{web['url']}/free", data=b'{"free_memory": true}', method="POST",
                                  headers={"Content-Type": "application/json"})
     urllib.request.urlopen(req, timeout=10).read()
-    proc = subprocess.run([PY, os.path.join(HERE, "editor_driver.py"), "--url", server["url"], "--out-dir", ARTIFACTS,
-                           "--chromium", CHROMIUM, *args], capture_output=True, text=True, timeout=400)
+    args = ["--url", web["url"], "--out-dir", ARTIFACTS, "--chromium", CHROMIUM, "--pack-name", PACK_NAME,
+            "--workflow", os.path.join(HERE, "editor_workflow.json"), "--workflows", WORKFLOWS,
+            "--image", IMAGE_NAME, "--ckpt", srv.ckpt_name]
+    if os.environ.get("FASTDRAG_WRITE_THUMBNAILS"):
+        args += ["--thumbnails", WORKFLOWS]
+    t0 = time.time()
+    proc = subprocess.run([srv.py, os.path.join(HERE, "editor_driver.py"), *args],
+                          capture_output=True, text=True, timeout=500)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     assert lines, f"driver printed no result (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     R = json.loads(lines[-1][len("RESULT "):])
-    with open(os.path.join(ARTIFACTS, f"{name}_result.json"), "w") as f:
+    with open(os.path.join(ARTIFACTS, "browser_result.json"), "w") as f:
         json.dump(R, f, indent=1)
+    print(f"browser scenarios: {time.time() - t0:.1f} s in all; "
+          + ", ".join(f"{k} {v['seconds']} s" for k, v in R.items() if isinstance(v, dict) and "seconds" in v))
     assert not R["errors"], R["errors"][0]
-    ours = [c for c in R["console"] if "fastdrag" in (c["url"] + c["text"]).lower()]
-    assert not ours, ours  # no console errors or warnings from the extension
     return R
 
 
-def example_workflows():
-    found = []
-    for d in ("example_workflows", "workflows"):
-        for f in sorted(glob.glob(os.path.join(ROOT, d, "*.json"))):
-            with open(f) as fh:
-                wf = json.load(fh)
-            if any(n.get("type") == "FastDragPoints" for n in wf.get("nodes", [])):
-                found.append(f)
-    return found or [pytest.param(None, marks=pytest.mark.skip(reason="no example workflow with FastDragPoints yet"))]
+def section(ui, name):
+    S = ui[name]
+    assert not S["errors"], S["errors"][0]
+    ours = [c for c in S["console"] if "fastdrag" in (c["url"] + c["text"]).lower()]
+    assert not ours, ours  # no console errors or warnings from the extension (404s of its files included)
+    return S
 
 
-@pytest.mark.parametrize("path", example_workflows())
-def test_example_workflow_in_browser(server, path):
-    with open(path) as f:
+def test_templates_listed_with_thumbnail_and_description(ui):
+    S = section(ui, "templates")
+    shipped = sorted(os.path.splitext(os.path.basename(p))[0] for p in glob.glob(os.path.join(WORKFLOWS, "*.json")))
+    assert S["listed"] == shipped
+    # one card per template, its thumbnail served (no 404: section() checks the console) and decoded,
+    # its title and description (the front end shows the file name as both) on the card
+    assert len(S["cards"]) == len(shipped) and all(c["loaded"] for c in S["cards"]), S["cards"]
+    text = " ".join(c["text"] for c in S["cards"])
+    for name in shipped:
+        assert name in text, (name, text)
+
+
+def test_templates_load_without_overlap_and_name_their_files(ui):
+    S = section(ui, "examples")
+    assert S["workflows"], "no workflow in workflows/"
+    for name, W_ in S["workflows"].items():
+        assert W_["workflow_loaded"], name
+        assert not W_["overlaps"], (name, W_["overlaps"])
+        assert W_["extent"][0] <= 1400 and W_["extent"][1] <= 1000, (name, W_["extent"])  # fits the screen
+        notes = " ".join(W_["notes"])  # a note names the files the template expects, and where they go
+        assert "models/" in notes and ".safetensors" in notes, (name, notes)
+
+
+@pytest.mark.parametrize("name", sorted(os.path.splitext(os.path.basename(p))[0]
+                                        for p in glob.glob(os.path.join(WORKFLOWS, "*.json"))))
+def test_example_workflow_in_browser(ui, name):
+    with open(os.path.join(WORKFLOWS, name + ".json")) as f:
         wf = json.load(f)
     nodes = {n["id"]: n for n in wf["nodes"]}
-    fd = next(n for n in wf["nodes"] if n["type"] == "FastDragPoints")
+    fd = next((n for n in wf["nodes"] if n["type"] == "FastDragPoints"), None)
+    if fd is None:
+        pytest.skip(f"{name}: no FastDragPoints (its layout and thumbnail are checked by the templates tests)")
     shipped = json.loads(fd["widgets_values"][0])
     link = next(lk for lk in wf["links"] if lk[3] == fd["id"] and lk[4] == 0)  # what feeds `image`
     loader = nodes[link[1]]
     assert loader["type"] == "LoadImage", "the example's image should come from a LoadImage"
-    name = loader["widgets_values"][0]
-    size = (shipped.get("width") or 512, shipped.get("height") or 512)
-    beside = os.path.join(os.path.dirname(path), name)
-    dest = server["run"] / "input" / name
-    if os.path.isfile(beside):
-        shutil.copy(beside, dest)
-    else:  # the example's picture is the user's own: a stand-in of the size the points were placed on
-        dest.write_bytes(png_rgba(*size, lambda x, y: (x * 255 // size[0], y * 255 // size[1], 128, 255)))
-    R = drive(server, "example_" + os.path.splitext(os.path.basename(path))[0], "--example", path)
-    assert R["workflow_loaded"] and R["image_source"]["filename"] == os.path.basename(name)
+    R = section(ui, "examples")["workflows"][name]
+    assert R["workflow_loaded"] and R["image_source"]["filename"] == os.path.basename(loader["widgets_values"][0])
     assert R["points_before"] == shipped and R["drags_drawn"] == len(shipped["drags"])
     after = R["points_after"]["drags"]
     assert len(after) == len(shipped["drags"]) + 1
@@ -311,28 +283,74 @@ def test_example_workflow_in_browser(server, path):
     assert abs(after[-1]["target"][0] - b[0]) <= 1 and abs(after[-1]["target"][1] - b[1]) <= 1
 
 
-def set_setting(url, key, value):
-    req = urllib.request.Request(f"{url}/settings/{key}", data=json.dumps(value).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
-    urllib.request.urlopen(req, timeout=10).read()
+def test_fastdrag_edit_shows_its_own_summary(ui):
+    """Run from the UI, FastDragEdit shows its inversion and sampling lines on itself (they come from
+    its hidden expanded sub-nodes, whose history entries name it as display_node)."""
+    run = section(ui, "examples").get("edit_run")
+    assert run and run["status"] == "success", run
+    summary = run["summary"] or ""
+    assert "inverted to t=601 in 7 steps" in summary and "sampled t=601 -> 0 in 7 steps" in summary, summary
+    assert summary.index("inverted") < summary.index("sampled")
+    texts = run["text_outputs"]  # /history: the lines sit on the sub-nodes, whose display_node is FastDragEdit
+    assert len(texts) == 2 and {t["display_node"] for t in texts.values()} == {run["edit_id"]}, texts
 
 
-def test_editor_in_browser(server):
-    check_editor_scenario(drive(server, "editor_browser", "--workflow", os.path.join(HERE, "editor_workflow.json")))
+def test_any_upstream_leads_to_a_placeable_picture(ui):
+    """Load Image -> Image Scale -> a new FastDragPoints: the first run stops at the node asking for
+    drags, and its picture is now in the editor; press-and-drag places a drag; the run succeeds."""
+    S = section(ui, "upstream")
+    assert not S["before_run"]["image"]
+    assert S["first_run"]["status"] == "error" and "place drags on it" in S["first_run"]["error"], S["first_run"]
+    assert S["picture_after_run"] == {"size": [256, 192], "stale": False}
+    mid = S["mid_drag"]
+    assert mid["pressed"] and mid["moved"] and mid["hover"] and mid["drags"] == 0  # the rubber band, no drag yet
+    d = S["points_after_press_drag"]
+    assert (d["width"], d["height"]) == (256, 192) and len(d["drags"]) == 1
+    (hx, hy), (tx, ty) = d["drags"][0]["handle"], d["drags"][0]["target"]
+    assert abs(hx - 70) <= 1 and abs(hy - 80) <= 1 and abs(tx - 150) <= 1 and abs(ty - 60) <= 1
+    assert S["pending_after_click"] and abs(S["pending_after_click"][0] - 200) <= 1  # click-click still works
+    assert S["second_run"]["status"] == "success", S["second_run"]
 
 
-def test_editor_in_browser_vue_nodes(server):
-    """The same with the front end's experimental Vue node renderer ("Nodes 2.0", a setting in
-    1.35.9), up to Clear. Known limitation: after ComfyUI's graph undo (Ctrl+Z) that renderer keeps
-    showing the removed node's widget element, so the editor stops responding until the workflow is
-    reloaded; those steps are left out here."""
-    set_setting(server["url"], "Comfy.VueNodes.Enabled", True)
-    try:
-        R = drive(server, "editor_browser_vue", "--workflow", os.path.join(HERE, "editor_workflow.json"),
-                  "--no-graph-undo")
-    finally:
-        set_setting(server["url"], "Comfy.VueNodes.Enabled", False)
-    check_editor_scenario(R, graph_undo=False)
+def test_target_dot_is_outlined(ui):
+    """Both dots carry a dark and a white ring, so they show on light and dark pictures."""
+    S = section(ui, "upstream")
+    for dot in (S["target_dot"], S["handle_dot"]):
+        assert dot["dark"] < 60 and dot["light"] > 200, dot
+
+
+def test_status_line_is_whole_and_says_no_mask(ui):
+    S = section(ui, "upstream")
+    st = S["status_no_mask"]
+    assert not st["clipped"], st
+    assert "no mask: the whole picture moves" in st["text"] and "paint a mask" in st["text"], st
+    assert st["tooltip"].startswith("no mask: the whole picture moves"), st
+
+
+def test_stale_picture_after_rewiring(ui):
+    S = section(ui, "upstream")
+    assert S["stale_after_rewire"] and "STALE picture" in S["status_stale"]["text"], S["status_stale"]
+    assert not S["status_stale"]["clipped"]
+    assert S["third_run"]["status"] == "success", S["third_run"]
+    assert S["after_rerun"] == {"stale": False, "size": [224, 192]}, S["after_rerun"]
+
+
+def test_editor_in_browser(ui):
+    check_editor_scenario(section(ui, "editor"))
+
+
+def test_editor_in_browser_vue_nodes(ui):
+    """The same in the front end's experimental Vue node renderer ("Nodes 2.0", a setting in 1.35.9),
+    up to Clear. Known limitation: after ComfyUI's graph undo (Ctrl+Z) that renderer keeps showing the
+    removed node's widget element, so the editor stops responding until the workflow is reloaded;
+    those steps are left out here."""
+    check_editor_scenario(section(ui, "vue"), graph_undo=False)
+
+
+def test_vue_nodes_canvas_grows_with_the_node(ui):
+    r = section(ui, "vue")["resize"]
+    assert r["loaded"] and r["canvas_before"] >= 180, r
+    assert r["canvas_after"] >= r["canvas_before"] + 120, r  # the node was pulled 160 px taller
 
 
 def check_editor_scenario(R, graph_undo=True):
@@ -384,3 +402,146 @@ def check_editor_scenario(R, graph_undo=True):
     assert R["removed"] == {"dead": True, "canvas_in_document": False, "editor_on_node": False}
     print(f"preview: first {R['preview_first_s']} s after the toggle click, {R['preview_after_drag_s']} s after a drag "
           f"({pv['ms']:.0f} ms request, {pv['serverMs']} ms server); other console entries: {len(R['console'])}")
+
+
+# -- hostile requests: every malformed request is a 4xx whose message shows no server path -----------
+
+def _chunked_post(url, path, chunks):
+    """POST a body with Transfer-Encoding: chunked (no Content-Length)."""
+    import http.client
+
+    u = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+    conn.putrequest("POST", path)
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Transfer-Encoding", "chunked")
+    conn.endheaders()
+    try:
+        for c in chunks:
+            conn.send(b"%x\r\n%s\r\n" % (len(c), c))
+        conn.send(b"0\r\n\r\n")
+        r = conn.getresponse()
+        return r.status, r.read()
+    except (ConnectionResetError, BrokenPipeError):  # the server may close early: it refused the body
+        return 413, b'{"error": "closed"}'
+    finally:
+        conn.close()
+
+
+def _png_header_only(width, height):
+    """A PNG whose header claims width x height, with a tiny (truncated) image stream."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+
+
+def _check_refused(web, status, body, case):
+    assert status in (400, 413), (case, status, body[:300])
+    msg = json.loads(body)["error"]
+    base = str(web["run"])
+    for leak in (base, os.path.realpath(base), "/tmp/", "/root/", os.path.expanduser("~"), "Traceback"):
+        assert leak not in msg, (case, msg)
+    return msg
+
+
+@pytest.fixture(scope="module")
+def hostile_files(web):
+    inp = web["run"] / "input"
+    (inp / "bomb.png").write_bytes(_png_header_only(20000, 20000))      # > 2x PIL's limit: DecompressionBombError
+    (inp / "big.png").write_bytes(_png_header_only(10000, 10000))       # PIL only warns: our pixel limit refuses it
+    (inp / "truncated.png").write_bytes(png_rgba(W, H, test_image_pixel)[:200])
+    (inp / "notes.txt").write_text("hello")
+    (inp / "sub").mkdir(exist_ok=True)
+    return ["bomb.png", "big.png", "truncated.png", "notes.txt", "sub"]
+
+
+def test_routes_refuse_hostile_requests_with_4xx(web, hostile_files):
+    url = web["url"]
+    cases = {
+        "deep nesting (body)": b"[" * 30000 + b"]" * 30000,
+        "deep nesting (points object)": json.dumps({"image": IMG, "points": {"drags": [{"handle": [[[[[1]]]]]}]}}).encode(),
+        "deep nesting (points string)": json.dumps({"image": IMG, "points": "[" * 20000 + "]" * 20000}).encode(),
+        "invalid utf-8": b'{"image": "\xff\xfe\xfa", "points": "[]"}',
+        "lone surrogate name": b'{"image": {"filename": "\\udc80.png"}, "points": "[[1,1],[2,2]]"}',
+        "nul in name": json.dumps({"image": {"filename": "a\x00.png"}, "points": GOOD_POINTS}).encode(),
+        "too many drags (array)": json.dumps({"image": IMG, "points": [[1, 1]] * 2000}).encode(),
+        "too many drags (v1)": json.dumps({"image": IMG, "points": json.dumps(
+            {"version": 1, "drags": [{"handle": [1, 1], "target": [2, 2]}] * 400})}).encode(),
+        "huge number": json.dumps({"image": IMG, "points": "[[1e400, 1], [2, 2]]"}).encode(),
+        "big int": b'{"image": {"filename": "fastdrag_editor_test.png"}, "points": [[' + b"9" * 4000 + b', 1], [2, 2]]}',
+        "width without height": json.dumps({"image": IMG, "points": json.dumps(
+            {"version": 1, "width": W, "drags": [{"handle": [1, 1], "target": [2, 2]}]})}).encode(),
+        "size zero": json.dumps({"image": IMG, "points": json.dumps(
+            {"version": 1, "width": 0, "height": 0, "drags": [{"handle": [1, 1], "target": [2, 2]}]})}).encode(),
+        "target in crop margin": None,  # filled below (needs a non-multiple-of-8 picture)
+        "mask without alpha": json.dumps({"image": IMG, "mask": {"filename": "truncated.png"}, "points": GOOD_POINTS}).encode(),
+        "body is a list": b"[1, 2]",
+        "body is a string": b'"hello"',
+        "empty body": b"",
+        "image is a number": json.dumps({"image": 7, "points": GOOD_POINTS}).encode(),
+        "image type is a dict": json.dumps({"image": {**IMG, "type": {"a": 1}}, "points": GOOD_POINTS}).encode(),
+        "subfolder is a list": json.dumps({"image": {**IMG, "subfolder": ["x"]}, "points": GOOD_POINTS}).encode(),
+        "channel is a list": json.dumps({"image": IMG, "mask": {**IMG, "channel": ["alpha"]}, "points": GOOD_POINTS}).encode(),
+        "holes is a string": json.dumps({"image": IMG, "points": GOOD_POINTS, "holes": "yes"}).encode(),
+        "points is a bool": json.dumps({"image": IMG, "points": True}).encode(),
+        "a folder as image": json.dumps({"image": {"filename": "sub"}, "points": GOOD_POINTS}).encode(),
+    }
+    crop_img = "crop_126x128.png"
+    (web["run"] / "input" / crop_img).write_bytes(png_rgba(126, 128, lambda x, y: (x * 2, y * 2, 90, 255)))
+    cases["target in crop margin"] = json.dumps({"image": {"filename": crop_img}, "points": json.dumps(
+        {"version": 1, "width": 126, "height": 128, "drags": [{"handle": [60, 60], "target": [124, 60]}]})}).encode()
+    for name in hostile_files:
+        cases[f"file {name}"] = json.dumps({"image": {"filename": name}, "points": GOOD_POINTS}).encode()
+        cases[f"mask file {name}"] = json.dumps({"image": IMG, "mask": {"filename": name}, "points": GOOD_POINTS}).encode()
+    msgs = {}
+    for case, raw in cases.items():
+        status, _, body, _ = post(url, None, raw)
+        msgs[case] = _check_refused(web, status, body, case)
+    assert "nested too deeply" in msgs["deep nesting (body)"]
+    assert "1000 drags, at most 32" in msgs["too many drags (array)"]  # 2000 points = 1000 pairs
+    assert "400 drags, at most 32" in msgs["too many drags (v1)"]
+    assert "both 'width' and 'height'" in msgs["width without height"]
+    assert msgs["target in crop margin"].startswith("points: drag 0 target (124, 60) is in the border VAEEncode crops away")
+    assert "too large to open" in msgs["file bomb.png"] and "more than the" in msgs["file big.png"]
+    assert msgs["file notes.txt"] == "'notes.txt': not a readable image file"
+    assert "not a readable image" in msgs["file truncated.png"]
+    # bodies over the limit: with a Content-Length, and chunked (no Content-Length)
+    big = json.dumps({"image": IMG, "points": GOOD_POINTS, "pad": "x" * (80 << 10)}).encode()
+    status, _, body, _ = post(url, None, big)
+    assert status == 413, status
+    status, body = _chunked_post(url, "/fastdrag/preview", [big[i:i + 8192] for i in range(0, len(big), 8192)])
+    assert status == 413, (status, body[:200])
+    # the picture route too
+    for name in hostile_files + ["../x.png", "missing.png"]:
+        status, body = get_image(url, filename=name)
+        _check_refused(web, status, body, f"GET {name}")
+    # and the server is still fine
+    status, _, png, _ = post(url, {"image": IMG, "points": GOOD_POINTS})
+    assert status == 200 and png[:4] == b"\x89PNG"
+
+
+def test_routes_fuzz_random_bodies_never_500(web, hostile_files):
+    """Random mixtures of valid and invalid fields (seeded): the answer is a PNG or a 4xx, never a 500."""
+    import random
+
+    rnd = random.Random(7)
+    values = [None, True, 0, -1, 1e308, float("nan"), "", "x", "../../etc/passwd", [], {}, [1, 2], [[1, 2]],
+              {"filename": IMAGE_NAME}, {"filename": "bomb.png"}, {"filename": "notes.txt"}, GOOD_POINTS,
+              "[[1, 1], [2, 2]]", "[" * 3000, {"version": 1, "drags": [{"handle": [1, 1], "target": [2, 2]}]}]
+    keys = ["image", "mask", "points", "holes", "filename", "subfolder", "type", "channel", "drags"]
+    counts = {}
+    for _ in range(160):
+        body = {"image": rnd.choice([IMG, rnd.choice(values)]), "points": rnd.choice([GOOD_POINTS, rnd.choice(values)])}
+        for _ in range(rnd.randint(0, 3)):
+            body[rnd.choice(keys)] = rnd.choice(values)
+        if isinstance(body.get("mask"), dict):
+            body["mask"] = {**body["mask"], "channel": rnd.choice(["alpha", "red", 3, None])}
+        raw = json.dumps(body, allow_nan=True).encode()
+        if rnd.random() < 0.1:
+            raw = raw[: rnd.randint(0, len(raw))]  # cut anywhere
+        status, _, answer, _ = post(web["url"], None, raw)
+        counts[status] = counts.get(status, 0) + 1
+        if status != 200:
+            _check_refused(web, status, answer, raw[:200])
+    assert set(counts) <= {200, 400, 413} and counts.get(400, 0) > 50, counts

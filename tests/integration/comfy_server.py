@@ -13,12 +13,16 @@ test set-up. Configuration (environment):
   tiny random one (built once with ``make_tiny_ckpt.py`` from ``COMFY_HARNESS_DIR``, cached in
   ``~/.cache/comfyui-fastdrag``).
 
+* ``FASTDRAG_REQUIRE_SERVER=1`` (``.ci/run`` sets it): a missing ComfyUI, harness or browser is a
+  test error, not a skip, so CI never passes without running the real-server and browser tests.
+
 The server gets its own ``TORCH_HOME`` (``<base>/torch_home``), so a test never reads or writes the
 user's torch hub cache.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 import sys
@@ -29,10 +33,12 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
 import comfy_client  # noqa: E402
-from comfy_client import (CACHE, ComfyProcess, NoTestCheckpoint, PromptError, comfy_python,  # noqa: E402,F401
-                          free_port, harness_dir, tiny_checkpoint)
+from comfy_client import (CACHE, PACK_NAME, ComfyProcess, NoTestCheckpoint, PromptError,  # noqa: E402,F401
+                          comfy_python, free_port, harness_dir, tiny_checkpoint)
 
 TESTPACK = os.path.join(HERE, "fastdrag_testpack")
+SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Workflow.ShowMissingModelsWarning": False,
+            "Comfy.Workflow.ShowMissingNodesWarning": False}  # the front end opens on the graph
 
 
 def find_comfyui() -> tuple[str | None, str]:
@@ -42,6 +48,20 @@ def find_comfyui() -> tuple[str | None, str]:
         reason = ("no ComfyUI: set COMFYUI_ROOT to a ComfyUI checkout (and COMFYUI_PYTHON to its python) "
                   "to run the real-server integration tests")
     return root, reason
+
+
+def server_required() -> bool:
+    """True when the real-server and browser tests must run (CI): skipping them is then an error."""
+    return os.environ.get("FASTDRAG_REQUIRE_SERVER", "") not in ("", "0")
+
+
+def skip_or_fail(reason: str):
+    """pytest: skip with ``reason``, or fail under FASTDRAG_REQUIRE_SERVER=1 (CI must run the test)."""
+    import pytest
+
+    if server_required():
+        pytest.fail(f"FASTDRAG_REQUIRE_SERVER=1 but {reason}", pytrace=False)
+    pytest.skip(reason)
 
 
 def pattern_png(w: int = 128, h: int = 128, variant: int = 0) -> bytes:
@@ -81,6 +101,9 @@ class ComfyServer(ComfyProcess):
         self.ckpt_name = self.link_checkpoint(ckpt)
         self.ckpt_names = {"sd15": self.ckpt_name}
         self.write_input("fastdrag_test.png", pattern_png())
+        os.makedirs(os.path.join(self.base, "user", "default"), exist_ok=True)
+        with open(os.path.join(self.base, "user", "default", "comfy.settings.json"), "w") as f:
+            json.dump(SETTINGS, f)
 
     def add_checkpoint(self, kind: str) -> str:
         """Builds (once) and links the tiny ``kind`` checkpoint into this server; returns its name for

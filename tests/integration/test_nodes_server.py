@@ -6,6 +6,7 @@ Skipped with the reason when no ComfyUI is found.
 
 import os
 import re
+import struct
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from graphs import base, edit_node, invert_node, points_json, points_node, sampl
 import fastdrag_core
 from fastdrag_core.points import image_mask_to_latent, image_points_to_latent
 
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DRAG = [((48, 48), (64, 60)), ((92, 90), (84, 80))]
 NOOP = [((40, 40), (40, 40)), ((90, 70), (90, 70))]
 LAYERS_TINY = 4  # decoder attn1 layers of the harness's tiny UNet (output blocks 0-3)
@@ -216,7 +218,8 @@ def _points_graph(server, points, mask=None, extra=None):
 
 @pytest.mark.parametrize("points,needle", [
     (points_json([((500, 10), (20, 20))]), "(500, 10) is outside the 128x128 image"),
-    (points_json([]), "no drag points"),
+    (points_json([]), "no drags yet; the picture is now shown in this node's editor"),
+    (points_json([((10, 10), (20, 20))] * 33), "33 drags, at most 32"),
     ('{"version": 1, "drags": [', "not valid JSON"),
     ("[[1, 2], [3]]", "point 1"),
 ])
@@ -232,7 +235,46 @@ def test_mask_of_wrong_size(server):
     with pytest.raises(PromptError) as e:
         server.run(_points_graph(server, points_json(DRAG), mask=("m", 0), extra=extra))
     assert e.value.node_type == "FastDragPoints"
-    assert "mask size [1, 64, 64]" in e.value.message and "128x128" in e.value.message, e.value.message
+    assert "the mask is 64x64 (WxH), which does not match the 128x128 image" in e.value.message, e.value.message
+
+
+def test_crop_margin_target_refused_by_points_before_any_unet_call(server):
+    """126x128: VAEEncode keeps x in [3, 123). A target at x = 124 is refused by FastDragPoints with
+    the message the editor's preview route gives, and the inversion downstream never runs."""
+    p = base(server.ckpt_name)
+    del p["enc"]
+    p["crop"] = {"class_type": "ImageCrop", "inputs": {"image": ["img", 0], "width": 126, "height": 128, "x": 0, "y": 0}}
+    p["pts"] = points_node(points_json([((60, 60), (124, 60))], 126, 128), image=("crop", 0))
+    p["edit"] = edit_node(image=("crop", 0), steps=9)
+    p["out"] = {"class_type": "PreviewImage", "inputs": {"images": ["edit", 0]}}
+    before = server.log_text().count("FastDragInvert: inverted")
+    with pytest.raises(PromptError) as e:
+        server.run(p)
+    assert e.value.node_type == "FastDragPoints"
+    assert ("FastDragPoints: points: drag 0 target (124, 60) is in the border VAEEncode crops away: a 126x128 "
+            "image is encoded as its centred 120x128 part") in e.value.message, e.value.message
+    assert server.log_text().count("FastDragInvert: inverted") == before
+
+
+def test_no_drags_sends_the_picture_then_stops(server):
+    """Any upstream (here Image Scale): with no drags the node still writes its picture for the
+    editor (sent as a 'fastdrag.picture' event), then stops with a message saying what to do."""
+    p = base(server.ckpt_name)
+    del p["enc"]
+    p["scaled"] = {"class_type": "ImageScale", "inputs": {"image": ["img", 0], "upscale_method": "nearest-exact",
+                   "width": 96, "height": 64, "crop": "disabled"}}
+    p["pts"] = points_node('{"version": 1, "drags": []}', image=("scaled", 0))
+    p["show"] = {"class_type": "PreviewAny", "inputs": {"source": ["pts", 0]}}
+    temp = os.path.join(server.base, "temp")
+    before = set(os.listdir(temp)) if os.path.isdir(temp) else set()
+    with pytest.raises(PromptError) as e:
+        server.run(p)
+    assert e.value.node_type == "FastDragPoints" and "place drags on it" in e.value.message, e.value.message
+    new = [f for f in os.listdir(temp) if f not in before and f.endswith(".png")]
+    assert len(new) == 1, new
+    with open(os.path.join(temp, new[0]), "rb") as f:
+        head = f.read(24)
+    assert head[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", head[16:24]) == (96, 64)
 
 
 def test_kv_from_another_resolution(server):
@@ -278,21 +320,20 @@ def test_drag_of_another_image(server):
 
 
 def test_example_workflows_are_served_as_templates(server):
-    """example_workflows/ is ComfyUI's template folder name (no rename hint in the log); every node
-    of every example is a registered node type."""
+    """workflows/ is served as the pack's templates, with each one's thumbnail; every node of every
+    template is a registered node type (or one of the front end's own: notes, reroutes)."""
+    shipped = sorted(f[:-5] for f in os.listdir(os.path.join(REPO, "workflows")) if f.endswith(".json"))
     names = server.get("/workflow_templates").get("comfyui-fastdrag")
-    # workflows/fastdrag_sdxl.json (issue 9) is listed too but served only once the example_workflows/
-    # folder has moved to workflows/ (aiohttp answers the prefix from the first folder); it is run from
-    # disk in test_model_families.py
-    names = [n for n in names if n != "fastdrag_sdxl"]
-    assert sorted(names) == ["fastdrag_basic", "fastdrag_stages"], names
+    assert sorted(names) == shipped, names
     info = server.get("/object_info")
     for name in names:
-        wf = server.get(f"/api/workflow_templates/comfyui-fastdrag/{name}.json")
+        from urllib.parse import quote
+        wf = server.get(f"/api/workflow_templates/comfyui-fastdrag/{quote(name)}.json")
         assert wf["version"] == 0.4 and wf["links"]
-        missing = {n["type"] for n in wf["nodes"]} - set(info)
+        missing = {n["type"] for n in wf["nodes"]} - set(info) - {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
         assert not missing, f"{name}: unknown node types {missing}"
-    assert "consider renaming it to 'example_workflows'" not in server.log_text()
+        status, body = server._http("GET", f"/api/workflow_templates/comfyui-fastdrag/{quote(name)}.jpg")
+        assert status == 200 and body[:3] == b"\xff\xd8\xff", (name, status)  # the thumbnail, a JPEG
     for node_id in ("FastDragPoints", "FastDragInvert", "FastDragWarp", "FastDragBNNI", "FastDragSample",
                     "FastDragEdit"):
         spec = info[node_id]

@@ -22,6 +22,21 @@ test("parsePoints reports malformed values instead of throwing", () => {
   }
 });
 
+test("parsePoints refuses what the node refuses: one size alone, invalid sizes, over 32 drags", () => {
+  const d = '"drags": [{"handle": [1, 2], "target": [3, 4]}]';
+  assert.match(parsePoints(`{"width": 320, ${d}}`).error, /both width and height/);
+  assert.match(parsePoints(`{"height": 20, ${d}}`).error, /both width and height/);
+  for (const bad of ["0", "-5", "12.5", '"320"', "true"]) {
+    assert.match(parsePoints(`{"width": ${bad}, "height": 20, ${d}}`).error, /positive whole numbers/, bad);
+  }
+  const drag = { handle: [1, 2], target: [3, 4] };
+  assert.equal(parsePoints(JSON.stringify({ drags: Array(32).fill(drag) })).drags.length, 32);
+  assert.match(parsePoints(JSON.stringify({ drags: Array(33).fill(drag) })).error, /33 drags, at most 32/);
+  assert.match(parsePoints(JSON.stringify(Array(66).fill([1, 2]))).error, /33 drags/);
+  assert.equal(formatPoints(null, null, []), '{"version":1,"width":null,"height":null,"drags":[]}');
+  assert.deepEqual(parsePoints(formatPoints(null, null, [])), { width: null, height: null, drags: [] });
+});
+
 test("formatPoints writes the v1 JSON the node parses, rounded to 0.01 px", () => {
   const text = formatPoints(320, 224, [{ handle: [10.123, 20], target: [30, 40.456] }]);
   assert.deepEqual(JSON.parse(text),

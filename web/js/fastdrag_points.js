@@ -8,7 +8,8 @@
 // back in its `ui` message after a run). The warp preview is computed by the pack's Python
 // (POST /fastdrag/preview, fastdrag_core) so there is one implementation of the maths.
 //
-// Controls: click = handle, next click = its target; drag a point to move it; right-click a point
+// Controls: press on the picture and drag to the target (a rubber band follows while the button is
+// held), or click = handle, next click = its target; drag a point to move it; right-click a point
 // (or select it and press Delete) removes its pair; Undo (this editor's steps) and Clear; Esc
 // cancels a lone handle. Ctrl+Z is ComfyUI's own graph undo, which restores the points text too:
 // each edit (a whole point drag included) is reported to its change tracker as one change.
@@ -26,6 +27,10 @@ const HIT_RADIUS = 9; // css px
 const HANDLE_COLOR = "#e8363a";
 const TARGET_COLOR = "#3a6df0";
 const PREVIEW_DEBOUNCE_MS = 40;
+const DRAG_THRESHOLD = 4;   // css px: a press that moves further places a drag, otherwise it is a click
+const PICTURE_EVENT = "fastdrag.picture";  // FastDragPoints with no drags sends its picture this way
+const NO_MASK_HINT = "no mask: the whole picture moves, so the preview shows holes everywhere; " +
+  "to move one object, paint a mask (Load Image's mask editor, or Load Image (as Mask)) and connect it to 'mask'";
 const MAX_UNDO = 100;
 
 const refKey = (r) => (r ? `${r.type}/${r.subfolder}/${r.filename}` : "");
@@ -59,6 +64,28 @@ function upstream(node, inputName) {
   return null;
 }
 
+/** A signature of everything that feeds `inputName` of `node` (nodes, links, widget values), to
+ *  tell when a picture made by an earlier run no longer matches the graph. */
+function upstreamKey(node, inputName) {
+  const graph = node.graph;
+  const parts = [];
+  const seen = new Set();
+  const visit = (n, input, depth) => {
+    const link = linkOf(graph, n.inputs?.find((i) => i.name === input)?.link);
+    if (!link) { parts.push(`${n.id}.${input}:-`); return; }
+    parts.push(`${n.id}.${input}<${link.origin_id}/${link.origin_slot}`);
+    const origin = graph.getNodeById(link.origin_id);
+    if (!origin || seen.has(origin.id) || depth > 24 || seen.size > 200) return;
+    seen.add(origin.id);
+    const values = (origin.widgets ?? []).filter((w) => w.serialize !== false && typeof w.value !== "object")
+      .map((w) => String(w.value));
+    parts.push(`${origin.id}=${origin.type}(${values.join("|")})${origin.mode ?? 0}`);
+    for (const i of origin.inputs ?? []) visit(origin, i.name, depth + 1);
+  };
+  if (graph) visit(node, inputName, 0);
+  return parts.join(";");
+}
+
 /** A file-picking loader (LoadImage, LoadImageMask, ...): its `image` combo value as a ref. */
 function loaderRef(origin) {
   const w = origin?.widgets?.find((x) => x.name === "image");
@@ -77,6 +104,10 @@ class DragEditor {
     this.mask = null;           // {ref, channel, key, overlay: canvas|null}
     this.runImageRef = null;    // from the last onExecuted
     this.runMaskRef = null;
+    this.runUpstreamKey = null; // what fed `image` when that picture was made (stale when it differs)
+    this.stale = false;
+    this.pressed = null;        // {start: [x, y] image px, client: [x, y], moved} a press on the picture
+    this.hover = null;          // image pixel under the pointer (rubber band after a first click)
     this.useRun = false;
     this.lastGraphKey = null;
     this.pending = null;        // a handle waiting for its target
@@ -124,16 +155,16 @@ class DragEditor {
       "magenta cells are the holes BNNI fills";
     bar.append(label);
     this.jsonButton = button("JSON", "Show or hide the points JSON widget", () => this.toggleJson());
-    this.status = document.createElement("span");
+    this.status = document.createElement("div");
     this.status.className = "fastdrag-status";
-    this.status.style.cssText = "opacity:.8;white-space:nowrap;overflow:hidden;text-overflow:ellipsis;flex:1 1 60px";
-    bar.append(this.status);
+    // its own row, wrapped: never cut off, whatever the node's width
+    this.status.style.cssText = "opacity:.85;white-space:normal;overflow-wrap:anywhere;line-height:1.3;flex:0 0 auto";
     const canvas = document.createElement("canvas");
     canvas.className = "fastdrag-canvas";
     // min-height: where the widget's box has no fixed height (the Vue node renderer), keep a canvas
     canvas.style.cssText = "flex:1 1 auto;min-height:180px;width:100%;display:block;border-radius:4px;" +
       "background:#1b1b1b;touch-action:none;cursor:crosshair";
-    root.append(bar, canvas);
+    root.append(bar, this.status, canvas);
     this.root = root;
     this.canvas = canvas;
 
@@ -143,9 +174,12 @@ class DragEditor {
     on(canvas, "pointerup", (e) => this.onPointerUp(e));
     on(canvas, "pointercancel", (e) => this.onPointerUp(e));
     on(canvas, "contextmenu", (e) => this.onContextMenu(e));
+    on(canvas, "pointerleave", () => { if (this.hover) { this.hover = null; this.draw(); } });
     on(root, "keydown", (e) => this.onKeyDown(e));
-    this.resizeObserver = new ResizeObserver(() => this.draw());
+    this.resizeObserver = new ResizeObserver(() => { this.fitVueNode(); this.draw(); });
     this.resizeObserver.observe(canvas);
+    this.onPicture = (e) => this.onPictureEvent(e.detail);
+    api.addEventListener(PICTURE_EVENT, this.onPicture);
     // sync() also runs on every LiteGraph redraw of the node; the Vue node renderer draws none
     this.syncTimer = setInterval(() => this.sync(), 250);
 
@@ -291,6 +325,8 @@ class DragEditor {
     }
     const ref = this.useRun && this.runImageRef ? this.runImageRef : graphRef ?? this.runImageRef;
     if (refKey(ref) !== refKey(this.imageRef)) this.loadImage(ref);
+    const stale = !!ref && ref === this.runImageRef && this.runUpstreamKey !== upstreamKey(this.node, "image");
+    if (stale !== this.stale) { this.stale = stale; this.draw(); }
 
     let mask = null;  // nothing connected to `mask`: the whole image is editable
     const m = upstream(this.node, "mask");
@@ -307,6 +343,25 @@ class DragEditor {
     if (mkey !== (this.mask?.key ?? "")) this.loadMask(mask, mkey);
     // the points text changed outside the canvas (JSON widget edited, workflow loaded, undo)
     if (this.text !== this.drawnText) this.changed();
+    this.fitVueNode();
+  }
+
+  /** The "Nodes 2.0" (Vue) renderer sizes widget rows by their content, not by the node: there the
+   *  canvas is stretched to the node's bottom edge, so it grows and shrinks with the node. */
+  fitVueNode() {
+    const nodeEl = this.root.closest?.(".lg-node");
+    if (!nodeEl) {
+      if (this.canvas.style.height) this.canvas.style.height = "";
+      return;
+    }
+    if (this.vueNodeEl !== nodeEl) {
+      this.vueNodeEl = nodeEl;
+      this.resizeObserver.observe(nodeEl);
+    }
+    const k = this.canvas.getBoundingClientRect().width / (this.canvas.clientWidth || 1) || 1;
+    const avail = (nodeEl.getBoundingClientRect().bottom - this.canvas.getBoundingClientRect().top) / k - 14;
+    const want = `${Math.max(180, Math.floor(avail))}px`;
+    if (this.canvas.style.height !== want) this.canvas.style.height = want;
   }
 
   loadImage(ref) {
@@ -354,8 +409,15 @@ class DragEditor {
     this.runImageRef = { filename: img.filename, subfolder: img.subfolder ?? "", type: img.type ?? "temp" };
     const mask = first(message?.fastdrag_mask);
     this.runMaskRef = mask ? { filename: mask.filename, subfolder: mask.subfolder ?? "", type: mask.type ?? "temp" } : null;
+    this.runUpstreamKey = upstreamKey(this.node, "image");
     this.useRun = true;
     this.sync();
+  }
+
+  /** FastDragPoints ran with no drags: it sent its picture before stopping (any upstream node). */
+  onPictureEvent(detail) {
+    if (!detail || this.dead || String(detail.node) !== String(this.node.id)) return;
+    this.onExecuted(detail);
   }
 
   // -------------------------------------------------------------------------------- preview
@@ -503,25 +565,45 @@ class DragEditor {
     }
     const p = this.eventToImage(e, L);
     if (!p) return;
-    if (this.pending) {
-      const drags = this.editableDrags();
-      if (!drags) { this.message = "fix or clear the points JSON first"; this.draw(); return; }
-      drags.push({ handle: this.pending, target: p });
-      this.pending = null;
-      this.selected = drags.length - 1;
-      this.write(drags);
-    } else {
-      if (this.state().error) { this.message = "fix or clear the points JSON first"; this.draw(); return; }
-      this.pending = p;
-      this.draw();
+    if (this.state().error) { this.message = "fix or clear the points JSON first"; this.draw(); return; }
+    if (this.pending) {  // second click: the target of the waiting handle
+      this.placeDrag(this.pending, p);
+      return;
     }
+    // press: a drag from here if the pointer moves while held, else a click (the handle)
+    this.pressed = { start: p, client: [e.clientX, e.clientY], moved: false };
+    this.hover = p;
+    this.canvas.setPointerCapture?.(e.pointerId);
+    this.draw();
+  }
+
+  placeDrag(handle, target) {
+    const drags = this.editableDrags();
+    if (!drags) { this.message = "fix or clear the points JSON first"; this.draw(); return; }
+    drags.push({ handle: [...handle], target: [...target] });
+    this.pending = null;
+    this.pressed = null;
+    this.selected = drags.length - 1;
+    this.write(drags);
   }
 
   onPointerMove(e) {
     const L = this.layout();
     if (!L) return;
+    if (this.pressed) {  // rubber band from the pressed handle to the pointer
+      e.stopPropagation();
+      const pr = this.pressed;
+      if (Math.hypot(e.clientX - pr.client[0], e.clientY - pr.client[1]) > DRAG_THRESHOLD) pr.moved = true;
+      this.hover = this.eventToImage(e, L, { clampToImage: true });
+      this.draw();
+      return;
+    }
     if (!this.dragging) {
       this.canvas.style.cursor = this.hit(e, L) ? "move" : "crosshair";
+      if (this.pending) {  // rubber band from a clicked handle to the pointer
+        this.hover = this.eventToImage(e, L, { clampToImage: true });
+        this.draw();
+      }
       return;
     }
     e.stopPropagation();
@@ -533,6 +615,18 @@ class DragEditor {
   }
 
   onPointerUp(e) {
+    const pr = this.pressed;
+    if (pr) {
+      e.stopPropagation();
+      this.pressed = null;
+      this.canvas.releasePointerCapture?.(e.pointerId);
+      const L = this.layout();
+      const end = L ? this.eventToImage(e, L, { clampToImage: true }) : null;
+      if (pr.moved && end && e.type === "pointerup") this.placeDrag(pr.start, end);  // press-and-drag
+      else if (!pr.moved && e.type === "pointerup") { this.pending = pr.start; this.draw(); }  // a click
+      else this.draw();
+      return;
+    }
     const d = this.dragging;
     if (!d) return;
     e.stopPropagation();
@@ -561,6 +655,7 @@ class DragEditor {
       else if (!s.error && s.drags.length) this.removePair(this.selected >= 0 ? this.selected : s.drags.length - 1);
     } else if (key === "Escape") {
       this.pending = null;
+      this.pressed = null;
       this.selected = -1;
       this.draw();
     } else {
@@ -592,7 +687,7 @@ class DragEditor {
       ctx.font = "12px sans-serif";
       ctx.textAlign = "center";
       const msg = this.message || (this.imageRef ? "loading image…" :
-        "Connect a LoadImage to 'image', or run the graph once, to place drags");
+        "Connect a Load Image to 'image', or run the graph once (the node then sends its picture here), to place drags");
       ctx.fillText(msg, cw / 2, ch / 2, cw - 10);
       this.setStatus(s.error ?? "");
       return;
@@ -611,12 +706,32 @@ class DragEditor {
       s.drags.forEach((d, i) => this.drawArrow(ctx, this.toCanvas(d.handle, L), this.toCanvas(d.target, L), i + 1,
                                                i === this.selected));
     }
-    if (this.pending) {
-      const [x, y] = this.toCanvas(this.pending, L);
+    const start = this.pressed?.start ?? this.pending;
+    if (start) {
+      const [x, y] = this.toCanvas(start, L);
+      if (this.hover && (this.pending || this.pressed.moved)) {  // the rubber band
+        const [tx, ty] = this.toCanvas(this.hover, L);
+        ctx.setLineDash([5, 4]);
+        for (const [color, width] of [["rgba(0,0,0,.7)", 4], ["#fff", 2]]) {
+          ctx.strokeStyle = color;
+          ctx.lineWidth = width;
+          ctx.beginPath(); ctx.moveTo(x, y); ctx.lineTo(tx, ty); ctx.stroke();
+        }
+        ctx.setLineDash([]);
+        dot(ctx, tx, ty, 4, TARGET_COLOR);
+      }
       dot(ctx, x, y, 5, HANDLE_COLOR);
       ctx.setLineDash([3, 3]);
       ctx.strokeStyle = HANDLE_COLOR;
+      ctx.lineWidth = 1.5;
       ctx.beginPath(); ctx.arc(x, y, 10, 0, 2 * Math.PI); ctx.stroke();
+      ctx.setLineDash([]);
+    }
+    if (this.stale) {  // the picture is from an earlier run and the graph above changed since
+      ctx.setLineDash([8, 5]);
+      ctx.strokeStyle = "#f0b400";
+      ctx.lineWidth = 3;
+      ctx.strokeRect(L.ox + 1.5, L.oy + 1.5, L.W * L.s - 3, L.H * L.s - 3);
       ctx.setLineDash([]);
     }
     this.setStatus(this.statusText(s, L));
@@ -656,8 +771,11 @@ class DragEditor {
     if (this.message) return this.message;
     if (this.pointsLinked()) return "points come from a link: edits here do not reach the node";
     const parts = [`${L.W}×${L.H}`, `${s.drags.length} drag${s.drags.length === 1 ? "" : "s"}`];
+    if (this.stale) parts.push("STALE picture: it is from the last run and the nodes feeding 'image' changed since; " +
+                               "run the graph again to see the new picture");
     if (s.scaled) parts.push("points rescaled from " + `${this.parsed.width}×${this.parsed.height}`);
-    if (this.mask?.empty) parts.push("the connected mask is empty: paint it (mask editor) or disconnect it");
+    if (this.mask?.empty) parts.push("the connected mask is empty: the node refuses it; paint it (mask editor) or disconnect it");
+    else if (!this.maskConnected()) parts.push(NO_MASK_HINT);
     const p = this.preview;
     if (p.on) {
       if (p.error) parts.push(`preview: ${p.error}`);
@@ -665,7 +783,7 @@ class DragEditor {
       else if (!s.drags.length) parts.push("preview: no drags yet");
     }
     if (this.pending) parts.push("click the target");
-    else if (!s.drags.length) parts.push("click: handle, then target");
+    else if (!s.drags.length) parts.push("press on the handle and drag to the target (or click handle, then target)");
     return parts.join(" · ");
   }
 
@@ -674,24 +792,35 @@ class DragEditor {
       this.status.textContent = text;
       this.status.title = text;
     }
+    const hint = this.image && !this.maskConnected() ? NO_MASK_HINT : "";
+    if (this.canvas.title !== hint) this.canvas.title = hint;  // the tooltip on the picture
+  }
+
+  maskConnected() {
+    return !!upstream(this.node, "mask");
   }
 
   destroy() {
     this.endChange();
     this.dead = true;
     clearInterval(this.syncTimer);
+    api.removeEventListener(PICTURE_EVENT, this.onPicture);
     this.resizeObserver?.disconnect();
     clearTimeout(this.preview.timer);
     this.clearPreviewImage();
   }
 }
 
+/** A filled dot with a white ring inside a black one: visible on light and dark pictures alike. */
 function dot(ctx, x, y, r, color) {
   ctx.beginPath();
   ctx.arc(x, y, r, 0, 2 * Math.PI);
   ctx.fillStyle = color;
   ctx.fill();
-  ctx.lineWidth = 1.5;
+  ctx.lineWidth = 4;
+  ctx.strokeStyle = "rgba(0,0,0,.85)";
+  ctx.stroke();
+  ctx.lineWidth = 1.75;
   ctx.strokeStyle = "#fff";
   ctx.stroke();
 }

@@ -17,6 +17,7 @@ export function parsePoints(text) {
   const pt = (p) => Array.isArray(p) && p.length === 2 && p.every((c) => typeof c === "number" && isFinite(c));
   if (Array.isArray(v)) {  // DragBench flat list: handle, target, handle, target, ...
     if (v.length % 2 || !v.every(pt)) return { error: "points list must be [[x, y], ...] handle, target pairs" };
+    if (v.length > 2 * MAX_DRAGS) return { error: `${v.length / 2} drags, at most ${MAX_DRAGS} are accepted` };
     const drags = [];
     for (let i = 0; i < v.length; i += 2) drags.push({ handle: [...v[i]], target: [...v[i + 1]] });
     return { width: null, height: null, drags };
@@ -24,12 +25,17 @@ export function parsePoints(text) {
   if (!v || typeof v !== "object" || !Array.isArray(v.drags)) return { error: "points JSON needs a \"drags\" list" };
   if (v.version !== undefined && v.version !== 1) return { error: `points JSON version ${v.version} is not 1` };
   if (!v.drags.every((d) => d && pt(d.handle) && pt(d.target))) return { error: "each drag needs handle [x, y] and target [x, y]" };
-  const dim = (n) => (Number.isInteger(n) && n > 0 ? n : null);
-  return {
-    width: dim(v.width), height: dim(v.height),
-    drags: v.drags.map((d) => ({ handle: [...d.handle], target: [...d.target] })),
-  };
+  if (v.drags.length > MAX_DRAGS) return { error: `${v.drags.length} drags, at most ${MAX_DRAGS} are accepted` };
+  // the node's rules (fastdrag_core.points): whole positive pixel counts, both or neither
+  const dim = (n) => (n == null ? null : Number.isInteger(n) && n > 0 && n <= 1 << 20 ? n : NaN);
+  const width = dim(v.width), height = dim(v.height);
+  if (Number.isNaN(width) || Number.isNaN(height)) return { error: "points JSON: width and height must be positive whole numbers of pixels" };
+  if ((width === null) !== (height === null)) return { error: "points JSON: give both width and height, or neither" };
+  return { width, height, drags: v.drags.map((d) => ({ handle: [...d.handle], target: [...d.target] })) };
 }
+
+/** The node's cap on drags per edit (fastdrag_core.points.MAX_DRAGS). */
+export const MAX_DRAGS = 32;
 
 export function formatPoints(width, height, drags) {
   return JSON.stringify({

@@ -1,0 +1,70 @@
+"""Packaging facts that must stay true: the minimum ComfyUI version (declared for the registry and
+checked at load time), and the templates in workflows/ (each with a thumbnail and a description)."""
+
+import importlib.util
+import logging
+import os
+import re
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _version_check():
+    spec = importlib.util.spec_from_file_location("fastdrag_version_check",
+                                                  os.path.join(ROOT, "nodes", "version_check.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_min_comfyui_declared_equals_checked():
+    vc = _version_check()
+    text = open(os.path.join(ROOT, "pyproject.toml")).read()
+    m = re.search(r'^requires-comfyui = ">=([0-9.]+)"$', text, re.M)
+    assert m, "pyproject.toml [tool.comfy] requires-comfyui missing"
+    assert vc.parse_version(m.group(1)) == vc.MIN_COMFYUI
+
+
+def test_version_messages():
+    vc = _version_check()
+    assert vc.parse_version("0.8.0") == (0, 8, 0) and vc.parse_version("v1.2") == (1, 2)
+    assert vc.parse_version("0.10.3rc1") == (0, 10, 3) and vc.parse_version("unknown") is None
+    level, msg = vc.version_message("0.7.9")
+    assert level == logging.ERROR and "0.7.9 is older than 0.8.0" in msg and "Update ComfyUI" in msg
+    assert vc.version_message("0.8.0")[0] == logging.INFO
+    assert vc.version_message("0.10")[0] == logging.INFO  # 0.10 > 0.8 (numbers, not text)
+    assert vc.version_message("1")[0] == logging.INFO
+    assert vc.version_message(None)[0] == logging.WARNING
+
+
+def test_no_placeholder_repository_url():
+    for name in ("pyproject.toml", "README.md"):
+        text = open(os.path.join(ROOT, name)).read()
+        assert "<this repository>" not in text and "github.com/comfyui-fastdrag" not in text, name
+
+
+WORKFLOWS = os.path.join(ROOT, "workflows")
+
+
+def test_every_template_has_a_thumbnail_and_a_descriptive_name():
+    """ComfyUI's template browser (front end 1.35.9) lists a pack's workflows/<name>.json with
+    <name> as the title, <name> with '_' and '-' turned into spaces as the description, and
+    workflows/<name>.jpg as the thumbnail (a missing one is a 404 in the console). So each template
+    needs a .jpg beside it (written by FASTDRAG_WRITE_THUMBNAILS=1 ... pytest tests/browser) and a
+    name that reads as a description: a few words separated by spaces, no '_' or '-'."""
+    names = sorted(f[:-5] for f in os.listdir(WORKFLOWS) if f.endswith(".json"))
+    assert names, "no templates in workflows/"
+    for name in names:
+        jpg = os.path.join(WORKFLOWS, name + ".jpg")
+        assert os.path.isfile(jpg), f"workflows/{name}.jpg (thumbnail) is missing"
+        with open(jpg, "rb") as f:
+            assert f.read(3) == b"\xff\xd8\xff", f"workflows/{name}.jpg is not a JPEG"
+        assert "_" not in name and "-" not in name, f"{name!r}: the template browser shows '_'/'-' as spaces"
+        assert len(name.split()) >= 3 and len(name) <= 48, f"{name!r}: 3+ words, at most 48 characters"
+
+
+def test_js_drag_cap_equals_the_core_cap():
+    from fastdrag_core.points import MAX_DRAGS
+
+    js = open(os.path.join(ROOT, "web", "js", "fastdrag_points_model.js")).read()
+    assert f"export const MAX_DRAGS = {MAX_DRAGS};" in js

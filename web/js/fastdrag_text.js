@@ -1,0 +1,66 @@
+// Shows the text summaries of FastDragInvert ("inverted to t=... K/V ...") and FastDragSample
+// ("sampled ... N hits ...") on the node that ran them. FastDragEdit expands into those stage nodes:
+// ComfyUI delivers their outputs to FastDragEdit (the "display node" of its expanded sub-nodes), so
+// FastDragEdit shows both lines of its own run, instead of them staying on hidden sub-node ids.
+
+const { app } = window.comfyAPI.app;
+
+const NODES = ["FastDragEdit", "FastDragInvert", "FastDragSample"];
+const WIDGET = "fastdrag_summary";
+
+function summaryWidget(node) {
+  const el = document.createElement("div");
+  el.className = "fastdrag-summary";
+  el.style.cssText = "font:11px monospace;white-space:pre-wrap;overflow-wrap:anywhere;opacity:.85;" +
+    "padding:2px 4px;color:var(--input-text,#ddd);user-select:text;min-height:14px";
+  el.textContent = "";
+  const widget = node.addDOMWidget(WIDGET, "FASTDRAG_SUMMARY", el, {
+    serialize: false, hideOnZoom: false, getValue: () => undefined, setValue: () => {},
+    getMinHeight: () => 34,
+  });
+  widget.serialize = false;
+  return { el, widget, lines: new Map() };
+}
+
+/** One line per stage, in pipeline order: inversion first, then sampling. */
+function render(summary) {
+  const order = (k) => (k === "inverted" ? 0 : k === "sampled" ? 1 : 2);
+  const keys = [...summary.lines.keys()].sort((a, b) => order(a) - order(b));
+  summary.el.textContent = keys.map((k) => summary.lines.get(k)).join("\n");
+}
+
+const LOADED = Symbol.for("fastdrag.text.loaded");
+if (!window[LOADED]) {
+  window[LOADED] = true;
+  app.registerExtension({
+    name: "fastdrag.text",
+    async beforeRegisterNodeDef(nodeType, nodeData) {
+      if (!NODES.includes(nodeData?.name)) return;
+      const proto = nodeType.prototype;
+      const created = proto.onNodeCreated;
+      proto.onNodeCreated = function (...args) {
+        const r = created?.apply(this, args);
+        this.fastdragSummary = summaryWidget(this);
+        return r;
+      };
+      const started = proto.onExecutionStart;
+      proto.onExecutionStart = function (...args) {  // a new run: forget the last one's lines
+        const r = started?.apply(this, args);
+        if (this.fastdragSummary) { this.fastdragSummary.lines.clear(); render(this.fastdragSummary); }
+        return r;
+      };
+      const executed = proto.onExecuted;
+      proto.onExecuted = function (message) {
+        const r = executed?.apply(this, arguments);
+        const texts = message?.text;
+        const s = this.fastdragSummary;
+        if (s && Array.isArray(texts) && texts.length) {
+          for (const t of texts) s.lines.set(String(t).split(" ", 1)[0], String(t));
+          render(s);
+          this.setDirtyCanvas?.(true, true);
+        }
+        return r;
+      };
+    },
+  });
+}
