@@ -53,8 +53,8 @@ def family_base(ckpt):
 
 
 def example_workflow(server, ckpt, prefix="wf_"):
-    """workflows/fastdrag_sdxl.json as the UI saved it, in API form, on ``ckpt`` and the 64 px image."""
-    with open(os.path.join(REPO, "workflows", "fastdrag_sdxl.json")) as fh:
+    """workflows/FastDrag edit on SDXL.json as the UI saved it, in API form, on ``ckpt`` and the 64 px image."""
+    with open(os.path.join(REPO, "workflows", "FastDrag edit on SDXL.json")) as fh:
         wf = json.load(fh)
     prompt = to_api(wf, server.get("/object_info"))
     types = sorted(n["class_type"] for n in prompt.values())
@@ -222,7 +222,7 @@ def test_inversion_matches_float64_official(family_run):
 
 
 def test_example_workflow_runs_and_edits(family_run):
-    """workflows/fastdrag_sdxl.json (its graph and drag; it ships 10 steps / 0.7 / cfg 1, run at 0.3) on the
+    """workflows/FastDrag edit on SDXL.json (its graph and drag; it ships 10 steps / 0.7 / cfg 1, run at 0.3) on the
     tiny model."""
     _, entry, r = family_run
     assert r["wf"]["image"].shape == (1, SIZE, SIZE, 3)
