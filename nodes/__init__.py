@@ -8,6 +8,9 @@ diffusion loops through ComfyUI's sampler machinery (``nodes/patches.py``).
 from comfy_api.latest import ComfyExtension, io
 
 from .bnni import FastDragBNNI
+from .dragdiffusion import DragDiffusionDrag
+from .dragdiffusion_edit import DragDiffusionEdit
+from .dragdiffusion_sample import DragDiffusionSample
 from .edit import FastDragEdit
 from .invert import FastDragInvert
 from .points import FastDragPoints
@@ -17,6 +20,7 @@ from .warp import FastDragWarp
 NODE_LIST: list[type[io.ComfyNode]] = [
     FastDragPoints, FastDragInvert, FastDragWarp, FastDragBNNI, FastDragSample, FastDragEdit,
 ]
+NODE_LIST += [DragDiffusionDrag, DragDiffusionSample, DragDiffusionEdit]
 
 
 class FastDragExtension(ComfyExtension):

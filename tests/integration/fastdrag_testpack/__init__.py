@@ -160,3 +160,7 @@ NODE_CLASS_MAPPINGS = {
     "FastDragTestMakeLora": FastDragTestMakeLora,
     "FastDragTestMakeControlNet": FastDragTestMakeControlNet,
 }
+
+from .dragdiffusion_ref import NODE_CLASS_MAPPINGS as _DD_NODES  # noqa: E402
+
+NODE_CLASS_MAPPINGS.update(_DD_NODES)
