@@ -12,6 +12,7 @@ sampler function calls the wrapped model with gradients on. The decoder features
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -362,6 +363,7 @@ class DragDiffusionDrag(io.ComfyNode):
                f"feature grid; {statistics.median(times):.3f} s/iteration (median); weights cloned for the loop "
                f"{_mib(job.weights_cloned)}; memory held during the loop {_mib(job.peak_bytes)}")
         log.info("[FastDrag] %s: %s", NODE, msg)
+        log.debug("[FastDrag] %s: handles per iteration %s", NODE, json.dumps([h.int().tolist() for h in res.history]))
         out_latent = dict(latent)
         out_latent["samples"] = out
         return io.NodeOutput(out_latent, geometry.points_json(res.handles, drag), ui=ui.PreviewText(msg))
