@@ -349,8 +349,9 @@ class DragDiffusionDrag(io.ComfyNode):
 
         job.on_iteration = on_iteration
         sigmas = torch.tensor([sched.sigmas[0], sched.sigmas[1]])
-        comfy.model_management.load_models_gpu(
-            [m], memory_required=BACKWARD_MEMORY_FACTOR * m.model.memory_required(list(samples.shape)))
+        with torch.inference_mode(False):  # weights loaded to the device now are ordinary tensors (no clone later)
+            comfy.model_management.load_models_gpu(
+                [m], memory_required=BACKWARD_MEMORY_FACTOR * m.model.memory_required(list(samples.shape)))
         sampler = comfy.samplers.KSAMPLER(sample_dragdiffusion, extra_options={"job": job})
         out = comfy.sample.sample_custom(m, torch.zeros_like(samples), 1.0, sampler, sigmas, positive,
                                          zero_conditioning(positive), samples, disable_pbar=True, seed=0)
