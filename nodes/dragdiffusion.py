@@ -234,6 +234,9 @@ def sample_dragdiffusion(model, x, sigmas, extra_args=None, callback=None, disab
             peak[0] = max(peak[0], (_rss_bytes() or 0) - rss0)
         return x_prev.float(), feat
 
+    if cuda:  # memory held by the loop, weight copies included
+        torch.cuda.reset_peak_memory_stats(device)
+        mem0 = torch.cuda.memory_allocated(device)
     with torch.inference_mode(False), torch.enable_grad(), \
             ordinary_parameters(base_model.diffusion_model, device) as cloned:
         job.weights_cloned = cloned
@@ -243,9 +246,6 @@ def sample_dragdiffusion(model, x, sigmas, extra_args=None, callback=None, disab
             ref = base_model.process_latent_in(job.reference.to(device).clone().float()) / scale_in
         dtype = base_model.manual_cast_dtype or base_model.get_dtype()
         scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
-        if cuda:
-            torch.cuda.reset_peak_memory_stats(device)
-            mem0 = torch.cuda.memory_allocated(device)
         job.result = dd.optimise_latent(forward, z, job.geometry.handles, job.geometry.targets,
                                         job.geometry.mask, job.settings, reference=ref, grad_scaler=scaler,
                                         on_iteration=job.on_iteration)
@@ -353,8 +353,11 @@ class DragDiffusionDrag(io.ComfyNode):
             comfy.model_management.load_models_gpu(
                 [m], memory_required=BACKWARD_MEMORY_FACTOR * m.model.memory_required(list(samples.shape)))
         sampler = comfy.samplers.KSAMPLER(sample_dragdiffusion, extra_options={"job": job})
-        out = comfy.sample.sample_custom(m, torch.zeros_like(samples), 1.0, sampler, sigmas, positive,
-                                         zero_conditioning(positive), samples, disable_pbar=True, seed=0)
+        try:
+            out = comfy.sample.sample_custom(m, torch.zeros_like(samples), 1.0, sampler, sigmas, positive,
+                                             zero_conditioning(positive), samples, disable_pbar=True, seed=0)
+        finally:
+            tap.clear()  # the last feature map holds the last iteration's autograd graph
         res = job.result
         times = job.iteration_times[1:] or job.iteration_times  # the first includes warm-up
         msg = (f"t={sched.edit_timestep}: {res.iterations} iterations, {res.steps_taken} Adam steps, "
@@ -362,7 +365,7 @@ class DragDiffusionDrag(io.ComfyNode):
                + f"; handles (row, col) {res.history[0].int().tolist()} -> {res.handles.int().tolist()}, "
                f"targets {geometry.targets.int().tolist()} on the {geometry.feature_hw[1]}x{geometry.feature_hw[0]} "
                f"feature grid; {statistics.median(times):.3f} s/iteration (median); weights cloned for the loop "
-               f"{_mib(job.weights_cloned)}; memory held during the loop {_mib(job.peak_bytes)}")
+               f"{_mib(job.weights_cloned)}; memory held during the loop {_mib(job.peak_bytes)} (copies included)")
         log.info("[FastDrag] %s: %s", NODE, msg)
         log.debug("[FastDrag] %s: handles per iteration %s", NODE, json.dumps([h.int().tolist() for h in res.history]))
         out_latent = dict(latent)

@@ -182,6 +182,7 @@ def test_drag_runs_and_reports(server, dd_run):
     text = drag_text(server, entry, "drag")
     assert "t=601: 3 iterations, 3 Adam steps" in text, text
     assert "[[11, 10]] ->" in text and "targets [[15, 18]]" in text and "32x32 feature grid" in text
+    assert "inverted to t=601 in 7 steps; 0 K/V entries" in drag_text(server, entry, "inv")  # capture_kv off
     z0, z = out["inv"]["latent"], out["drag"]["latent"]
     assert z.shape == z0.shape and torch.isfinite(z).all()
     assert out["drag"]["timesteps"] == out["inv"]["timesteps"]  # schedule tag travels on
@@ -336,7 +337,8 @@ def test_cancel_stops_within_an_iteration(server):
     assert stopped_after < 1.5 * per_iter + 1.0, (stopped_after, per_iter)
 
 
-@pytest.mark.parametrize("case", ["no_tag", "no_tag_sample", "outside", "empty_mask", "tiny_mask", "steps0"])
+@pytest.mark.parametrize("case", ["no_tag", "no_tag_sample", "outside", "empty_mask", "tiny_mask", "steps0",
+                                  "lora_missing"])
 def test_bad_input_names_node_and_value(server, case):
     p = dd_base(server)
     p["pts"] = points_node(points_json(DRAG, SIZE, SIZE))
@@ -362,6 +364,13 @@ def test_bad_input_names_node_and_value(server, case):
         p["pts"] = points_node(points_json(DRAG, SIZE, SIZE), mask=("mask", 0))
         p["drag"] = drag_node()
         expect_type, pattern = "DragDiffusionDrag", "DragDiffusionDrag: the mask (1 px) covers no latent cell"
+    elif case == "lora_missing":
+        if "DragDiffusionLoRA" in server.get("/object_info/DragDiffusionLoRA"):
+            pytest.skip("DragDiffusionLoRA is installed here")
+        p["drag"] = {"class_type": "DragDiffusionEdit", "inputs": {
+            "model": ["ckpt", 0], "vae": ["ckpt", 2], "positive": ["pos", 0], "image": ["img", 0],
+            "drag": ["pts", 0], "steps": 10, "strength": 0.7, "drag_steps": 2, "lora_steps": 5, "cfg": 1.0}}
+        expect_type, pattern = "DragDiffusionEdit", "DragDiffusionEdit: lora_steps=5 needs the DragDiffusionLoRA node"
     else:
         p["drag"] = drag_node(steps=0)
         expect_type = "DragDiffusionDrag"
