@@ -7,8 +7,8 @@ Prints, from one server run (both sides under the same load):
   forward + backward through ComfyUI's model, feature interpolation, loss, Adam, tracking) against
   one bare UNet forward + backward (w.r.t. the input, ordinary weight copies) at the same size
   (test-pack node ``FastDragTestUNetFwdBwd``); goal <= 1.15x;
-* the memory held during the drag loop (CUDA: peak allocated above the start; CPU: resident-set
-  growth sampled after each forward) and the weights cloned for the loop;
+* the memory held during the drag loop: activations autograd keeps for the backward pass (all
+  devices), the weights cloned for the loop, and on CUDA the loop's peak allocation;
 * the whole ``DragDiffusionEdit`` (lora_steps 0; the LoRA is timed by its own benchmark) against
   ``FastDragEdit`` on new images, medians of ``--runs``.
 
@@ -118,8 +118,9 @@ def main():
             if i:
                 iter_s.append(float(re.search(r"([\d.]+) s/iteration", text).group(1)))
                 fwdbwd_s.append(float(re.search(r"median ([\d.]+) s", fb).group(1)))
-                m = re.search(r"memory held during the loop (\S+) (MiB)?", text)
-                mem.append(m.group(1))
+                held = re.search(r"activations held for backward (\S+ MiB)", text).group(1)
+                m = re.search(r"peak memory of the loop (\S+ MiB)", text)
+                mem.append(f"{held} activations" + (f", {m.group(1)} peak (CUDA)" if m else ""))
                 cloned.append(re.search(r"weights cloned for the loop (\S+ MiB)", text).group(1))
                 dd_edit.append(t_dd)
                 fd_edit.append(t_fd)
@@ -137,8 +138,7 @@ def main():
     print(f"{'FastDragEdit (' + str(args.fd_steps) + ' steps x ' + str(args.fd_strength) + ')':<62}{fdm:>10.3f}{1.0:>8.2f}")
     print(f"{'DragDiffusionEdit (' + str(args.dd_steps) + ' x ' + str(args.dd_strength) + ', ' + str(args.drag_steps) + ' drag steps, no LoRA)':<62}"
           f"{ddm:>10.3f}{ddm / fdm:>8.2f}")
-    print(f"memory held during the drag loop: {', '.join(m + ' MiB' if m != 'n/a' else m for m in mem)}; "
-          f"weights cloned for the loop: {cloned[-1]}")
+    print(f"memory held during the drag loop: {'; '.join(mem)}; weights cloned for the loop: {cloned[-1]}")
     print("last drag status:", last)
     print("all runs (s): iteration", iter_s, "fwd+bwd", fwdbwd_s, "DragDiffusionEdit", dd_edit, "FastDragEdit", fd_edit)
 

@@ -15,7 +15,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -179,12 +178,29 @@ def ordinary_parameters(module: torch.nn.Module, device):
             mod._parameters[name] = p
 
 
-def _rss_bytes() -> Optional[int]:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None
+class SavedTensorMeter:
+    """Bytes autograd keeps for the backward pass of one forward (distinct storages), through
+    ``torch.autograd.graph.saved_tensors_hooks``: the activation memory a drag iteration holds,
+    measured the same way on every device."""
+
+    def __init__(self):
+        self.storages: dict = {}
+
+    def pack(self, t):
+        try:
+            st = t.untyped_storage()
+            self.storages[(st.data_ptr(), t.device)] = st.nbytes()
+        except (RuntimeError, NotImplementedError):
+            pass
+        return t
+
+    @staticmethod
+    def unpack(t):
+        return t
+
+    @property
+    def nbytes(self) -> int:
+        return sum(self.storages.values())
 
 
 @dataclass
@@ -198,7 +214,8 @@ class DragJob:
     on_iteration: Callable
     result: Optional[dd.DragResult] = None
     weights_cloned: int = 0
-    peak_bytes: Optional[int] = None
+    peak_bytes: Optional[int] = None  # CUDA: peak allocated above the start of the loop
+    saved_bytes: int = 0  # activations kept for backward by the largest forward
     iteration_times: list = field(default_factory=list)
 
 
@@ -216,13 +233,15 @@ def sample_dragdiffusion(model, x, sigmas, extra_args=None, callback=None, disab
     a_prev = 1.0 / (1.0 + sigma_prev * sigma_prev)
     sup_hw = job.geometry.feature_hw
     cuda = device.type == "cuda"
-    rss0 = None if cuda else _rss_bytes()
     peak = [0]
 
     def forward(z):
         x_in = z * scale_in
         job.tap.clear()
-        denoised = model(x_in, sigmas[0] * x_in.new_ones([x_in.shape[0]]), **extra_args)
+        meter = SavedTensorMeter()
+        with torch.autograd.graph.saved_tensors_hooks(meter.pack, meter.unpack):
+            denoised = model(x_in, sigmas[0] * x_in.new_ones([x_in.shape[0]]), **extra_args)
+        peak[0] = max(peak[0], meter.nbytes)
         feat = job.tap.features.get(FEATURE_UP_BLOCK)
         if feat is None:
             raise RuntimeError(f"{NODE}: the decoder feature (up_blocks[{FEATURE_UP_BLOCK}]) was not recorded; "
@@ -230,8 +249,6 @@ def sample_dragdiffusion(model, x, sigmas, extra_args=None, callback=None, disab
         feat = F.interpolate(feat.float(), size=sup_hw, mode="bilinear")
         eps = (x_in - denoised) / sigma
         x_prev = math.sqrt(a_prev) * denoised + math.sqrt(1.0 - a_prev) * eps
-        if not cuda and rss0 is not None:  # activations are alive here: near the loop's peak
-            peak[0] = max(peak[0], (_rss_bytes() or 0) - rss0)
         return x_prev.float(), feat
 
     if cuda:  # memory held by the loop, weight copies included
@@ -249,7 +266,8 @@ def sample_dragdiffusion(model, x, sigmas, extra_args=None, callback=None, disab
         job.result = dd.optimise_latent(forward, z, job.geometry.handles, job.geometry.targets,
                                         job.geometry.mask, job.settings, reference=ref, grad_scaler=scaler,
                                         on_iteration=job.on_iteration)
-        job.peak_bytes = (torch.cuda.max_memory_allocated(device) - mem0) if cuda else (peak[0] if rss0 else None)
+        job.saved_bytes = peak[0]
+        job.peak_bytes = (torch.cuda.max_memory_allocated(device) - mem0) if cuda else None
         if job.result.steps_taken == 0:  # nothing moved: hand back x itself, not z * scale_in rounded
             return x
         out = job.result.z.to(x.dtype) * scale_in
@@ -365,7 +383,8 @@ class DragDiffusionDrag(io.ComfyNode):
                + f"; handles (row, col) {res.history[0].int().tolist()} -> {res.handles.int().tolist()}, "
                f"targets {geometry.targets.int().tolist()} on the {geometry.feature_hw[1]}x{geometry.feature_hw[0]} "
                f"feature grid; {statistics.median(times):.3f} s/iteration (median); weights cloned for the loop "
-               f"{_mib(job.weights_cloned)}; memory held during the loop {_mib(job.peak_bytes)} (copies included)")
+               f"{_mib(job.weights_cloned)}; activations held for backward {_mib(job.saved_bytes)}"
+               + (f"; peak memory of the loop {_mib(job.peak_bytes)} (copies included)" if job.peak_bytes is not None else ""))
         log.info("[FastDrag] %s: %s", NODE, msg)
         log.debug("[FastDrag] %s: handles per iteration %s", NODE, json.dumps([h.int().tolist() for h in res.history]))
         out_latent = dict(latent)

@@ -163,6 +163,8 @@ def dd_run(server, tmp_path_factory):
     p["save_edit"] = save_node(f["edit"], latent=("edit", 1), image=("edit", 0))
     p["save_mask"] = save_node(f["mask"], mask=("mask", 0))
     p["points_out"] = {"class_type": "PreviewAny", "inputs": {"source": ["drag", 1]}}
+    p["pts_again"] = {"class_type": "FastDragPoints", "inputs": {"image": ["img", 0], "points": ["drag", 1]}}
+    p["pts_again_out"] = {"class_type": "PreviewAny", "inputs": {"source": ["pts_again", 0]}}
     ws = Progress(server)
     try:
         entry = server.run(p)
@@ -219,6 +221,9 @@ def test_points_output_is_the_tracked_handles(server, dd_run):
     assert drag["target"] == [36.0, 30.0]
     # feature grid (row, col) -> image (x, y) = (2 col, 2 row) on a 64 px image
     assert drag["handle"] == [2.0 * final[0][1], 2.0 * final[0][0]]
+    # the same JSON feeds FastDragPoints again (e.g. to continue the drag from where tracking ended)
+    spec = entry["outputs"]["pts_again_out"]["text"][0]
+    assert f"handles=[({2.0 * final[0][1]}, {2.0 * final[0][0]})], targets=[(36.0, 30.0)]" in spec, spec
 
 
 def test_progress_bar_counts_iterations(server, dd_run):
