@@ -179,17 +179,19 @@ def ordinary_parameters(module: torch.nn.Module, device):
 
 
 class SavedTensorMeter:
-    """Bytes autograd keeps for the backward pass of one forward (distinct storages), through
-    ``torch.autograd.graph.saved_tensors_hooks``: the activation memory a drag iteration holds,
-    measured the same way on every device."""
+    """Bytes autograd keeps for the backward pass of one forward (distinct storages, the model's
+    resident weights excluded), through ``torch.autograd.graph.saved_tensors_hooks``: the activation
+    memory a drag iteration holds, measured the same way on every device."""
 
-    def __init__(self):
+    def __init__(self, exclude=frozenset()):
         self.storages: dict = {}
+        self.exclude = exclude  # storages of the model's own weights (kept anyway)
 
     def pack(self, t):
         try:
             st = t.untyped_storage()
-            self.storages[(st.data_ptr(), t.device)] = st.nbytes()
+            if st.data_ptr() not in self.exclude:
+                self.storages[(st.data_ptr(), t.device)] = st.nbytes()
         except (RuntimeError, NotImplementedError):
             pass
         return t
@@ -238,7 +240,7 @@ def sample_dragdiffusion(model, x, sigmas, extra_args=None, callback=None, disab
     def forward(z):
         x_in = z * scale_in
         job.tap.clear()
-        meter = SavedTensorMeter()
+        meter = SavedTensorMeter(weight_storages)
         with torch.autograd.graph.saved_tensors_hooks(meter.pack, meter.unpack):
             denoised = model(x_in, sigmas[0] * x_in.new_ones([x_in.shape[0]]), **extra_args)
         peak[0] = max(peak[0], meter.nbytes)
@@ -257,6 +259,7 @@ def sample_dragdiffusion(model, x, sigmas, extra_args=None, callback=None, disab
     with torch.inference_mode(False), torch.enable_grad(), \
             ordinary_parameters(base_model.diffusion_model, device) as cloned:
         job.weights_cloned = cloned
+        weight_storages = frozenset(p.untyped_storage().data_ptr() for p in base_model.diffusion_model.parameters())
         z = (x.detach().clone().float() / scale_in)
         ref = None
         if job.reference is not None:
