@@ -11,6 +11,9 @@ from .bnni import FastDragBNNI
 from .dd_lora import DragDiffusionLoRA
 from .dragbench import DragBenchSample
 from .dragbench_metrics import DragImageFidelity, DragMeanDistance
+from .dragdiffusion import DragDiffusionDrag
+from .dragdiffusion_edit import DragDiffusionEdit
+from .dragdiffusion_sample import DragDiffusionSample
 from .edit import FastDragEdit
 from .invert import FastDragInvert
 from .points import FastDragPoints
@@ -21,7 +24,7 @@ NODE_LIST: list[type[io.ComfyNode]] = [
     # FastDrag
     FastDragPoints, FastDragInvert, FastDragWarp, FastDragBNNI, FastDragSample, FastDragEdit,
     # DragDiffusion
-    DragDiffusionLoRA,
+    DragDiffusionLoRA, DragDiffusionDrag, DragDiffusionSample, DragDiffusionEdit,
     # DragBench: sample loader and metrics
     DragBenchSample, DragMeanDistance, DragImageFidelity,
 ]

@@ -305,3 +305,83 @@ def zero_conditioning(positive):
             o["pooled_output"] = torch.zeros_like(o["pooled_output"])
         out.append([torch.zeros_like(emb), o])
     return out
+
+
+# -- DragDiffusion's reference-latent control (additive; the policy lives in fastdrag_core) ----------
+
+def attn1_sites_in_call_order(model_patcher, node: str) -> list[Site]:
+    """Every self-attention (attn1) site of the UNet in the order one forward pass calls them: input
+    blocks, middle block, output blocks, each transformer stack's blocks in order. The position in
+    this list is MasaCtrl's / DragDiffusion's "layer" (SD1.5: 16 sites, input 1, 2, 4, 5, 7, 8,
+    middle 0, output 3-11; SDXL's depth-10 stacks count every block)."""
+    dm = model_patcher.get_model_object("diffusion_model")
+    groups = [("input", getattr(dm, "input_blocks", None)), ("middle", [getattr(dm, "middle_block", None)]),
+              ("output", getattr(dm, "output_blocks", None))]
+    if groups[0][1] is None or groups[2][1] is None:
+        raise ValueError(f"{node}: this model ({type(dm).__name__}) is not a UNet with input/output blocks")
+    sites = []
+    for name, blocks in groups:
+        for i, blk in enumerate(blocks):
+            if blk is None:
+                continue
+            for layer in blk:
+                if isinstance(layer, SpatialTransformer):
+                    sites += [(name, i, j) for j in range(len(layer.transformer_blocks))]
+    return sites
+
+
+class ReferenceRun:
+    """One DragDiffusionSample run: the schedule (sigma -> step index) and the
+    :class:`fastdrag_core.dragdiffusion_attn.ReferenceAttention` policy, shared by all patched layers
+    (``copy.deepcopy`` returns self, like :class:`KVRun`)."""
+
+    def __init__(self, schedule: KVSchedule, policy):
+        self.schedule, self.policy = schedule, policy
+        self.controlled_calls = 0
+        self.unexpected_sigmas: set[float] = set()
+        self._last = (None, None)
+
+    def step(self, extra_options) -> Optional[int]:
+        sig = extra_options["sigmas"]
+        if self._last[0] is sig:
+            return self._last[1]
+        s = float(sig[0])
+        t = self.schedule.timestep_for(s)
+        step = None if t is None else self.schedule.timesteps.index(t)
+        if step is None:
+            self.unexpected_sigmas.add(s)
+        self._last = (sig, step)
+        return step
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+class ReferenceAttn1Patch:
+    """attn1 replace of one UNet layer for DragDiffusion's reference-latent control: the policy picks
+    the K/V (the reference branch's for the edited branch), attention runs as in :class:`KVAttn1Patch`."""
+
+    def __init__(self, layer_index: int, run: ReferenceRun):
+        self.layer_index, self.run = layer_index, run
+
+    def __call__(self, q, k, v, extra_options):
+        run = self.run
+        step = run.step(extra_options)
+        k2, v2 = run.policy.select(k, v, len(extra_options["cond_or_uncond"]), self.layer_index, step)
+        if k2 is not k:
+            run.controlled_calls += 1
+        return comfy_attention.optimized_attention(q, k2, v2, extra_options["n_heads"],
+                                                   attn_precision=extra_options.get("attn_precision"),
+                                                   transformer_options=extra_options)
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+def patch_model_reference(model_patcher, run: ReferenceRun, sites: list[Site]):
+    """A clone of ``model_patcher`` with a :class:`ReferenceAttn1Patch` on every site the policy can
+    control (``sites`` in call order; the input is never modified)."""
+    m = model_patcher.clone()
+    for index in run.policy.controlled_layers(len(sites)):
+        m.set_model_attn1_replace(ReferenceAttn1Patch(index, run), *sites[index])
+    return m

@@ -242,3 +242,7 @@ NODE_CLASS_MAPPINGS = {
 from .dragbench_ref import NODE_CLASS_MAPPINGS as _DRAGBENCH_REF_NODES  # noqa: E402  (DragBench metric references)
 
 NODE_CLASS_MAPPINGS.update(_DRAGBENCH_REF_NODES)
+
+from .dragdiffusion_ref import NODE_CLASS_MAPPINGS as _DD_NODES  # noqa: E402
+
+NODE_CLASS_MAPPINGS.update(_DD_NODES)

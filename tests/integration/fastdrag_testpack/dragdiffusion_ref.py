@@ -1,0 +1,157 @@
+"""Test-only nodes for DragDiffusion: a float64 reference of the first drag step with the UNet called
+directly, and a forward + backward timer for the benchmark. Never shipped.
+
+The reference shares no code with the pack: features are read with a forward hook on the last
+layer of the output block that ends diffusers' ``up_blocks[2]``, the motion-supervision loss is
+written from the equation with explicit bilinear corner weights, and Adam's first step is
+z - lr * g / (|g| + eps) (m_hat = g, v_hat = g^2).
+"""
+
+import copy
+import json
+import math
+import os
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+import comfy.model_management
+
+
+def _up_block_end(dm, up_index):
+    """Index of the output block whose last layer produces diffusers' up_blocks[up_index] output."""
+    start = 0
+    for n in reversed(list(dm.num_res_blocks)):
+        end = start + n + 1
+        if up_index == 0:
+            return end - 1
+        up_index -= 1
+        start = end
+    raise ValueError("no such up block")
+
+
+def _bilinear(f, y, x):
+    """f [C, H, W] at real (y, x), replicate outside."""
+    _, height, width = f.shape
+    y0, x0 = math.floor(y), math.floor(x)
+    fy, fx = y - y0, x - x0
+
+    def at(r, c):
+        return f[:, min(max(r, 0), height - 1), min(max(c, 0), width - 1)]
+
+    return ((1 - fy) * (1 - fx) * at(y0, x0) + fy * (1 - fx) * at(y0 + 1, x0)
+            + (1 - fy) * fx * at(y0, x0 + 1) + fy * fx * at(y0 + 1, x0 + 1))
+
+
+def _motion_loss(feat, handles, targets, r_m):
+    f = feat[0]
+    channels, height, width = f.shape
+    total = feat.new_zeros(())
+    for (hr, hc), (tr, tc) in zip(handles, targets):
+        dist = math.hypot(tr - hr, tc - hc)
+        if dist < 2.0:
+            continue
+        dr, dc = (tr - hr) / dist, (tc - hc) / dist
+        rows = range(max(0, int(hr) - r_m), min(height, int(hr) + r_m + 1))
+        cols = range(max(0, int(hc) - r_m), min(width, int(hc) + r_m + 1))
+        acc = feat.new_zeros(())
+        for r in rows:
+            for c in cols:
+                acc = acc + (f[:, r, c].detach() - _bilinear(f, r + dr, c + dc)).abs().sum()
+        total = total + (2 * r_m + 1) ** 2 * acc / (channels * len(rows) * len(cols))
+    return total
+
+
+class FastDragTestDDFirstStep:
+    """z after DragDiffusion's first Adam step (no mask), float64, UNet called directly.
+
+    ``handles`` / ``targets``: JSON [[row, col], ...] on the feature grid (half the image)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL",), "positive": ("CONDITIONING",), "latent": ("LATENT",),
+                             "handles": ("STRING", {"default": "[]"}), "targets": ("STRING", {"default": "[]"}),
+                             "lr": ("FLOAT", {"default": 0.01}), "r_m": ("INT", {"default": 1}),
+                             "path": ("STRING", {"default": ""})}}
+
+    RETURN_TYPES = ()
+    FUNCTION = "run"
+    OUTPUT_NODE = True
+    CATEGORY = "FastDragTest"
+
+    def run(self, model, positive, latent, handles, targets, lr, r_m, path):
+        comfy.model_management.load_models_gpu([model])
+        ms = model.get_model_object("model_sampling")
+        lf = model.get_model_object("latent_format")
+        sched = latent["fastdrag"]["schedule"]
+        t, sigma = sched.timesteps[0], sched.sigmas[0]
+        handles, targets = json.loads(handles), json.loads(targets)
+        with torch.inference_mode(False), torch.enable_grad():
+            dm = copy.deepcopy(model.get_model_object("diffusion_model")).to("cpu", torch.float64)
+            for p in dm.parameters():
+                p.requires_grad_(False)
+            got = {}
+            layer = dm.output_blocks[_up_block_end(dm, 2)][-1]
+            hook = layer.register_forward_hook(lambda mod, inp, out: got.__setitem__("f", out))
+            ctx = positive[0][0].clone().to("cpu", torch.float64)
+            x = lf.process_in(latent["samples"].clone().to("cpu", torch.float64))
+            z = (x / math.sqrt(sigma * sigma + 1)).clone().requires_grad_(True)
+            dm(z, timesteps=torch.tensor([float(t)], dtype=torch.float64), context=ctx)
+            hook.remove()
+            h2, w2 = 4 * z.shape[-2], 4 * z.shape[-1]  # half the 8x image
+            feat = F.interpolate(got["f"], size=(h2, w2), mode="bilinear")
+            loss = _motion_loss(feat, handles, targets, r_m)
+            (g,) = torch.autograd.grad(loss, z)
+            z1 = z.detach() - lr * g / (g.abs() + 1e-8)
+            samples = lf.process_out(z1 * math.sqrt(sigma * sigma + 1))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        torch.save({"latent": samples.float(), "grad": g, "loss": float(loss), "timestep": t}, path)
+        return {"ui": {"text": [f"loss {float(loss):.6g} at t={t}"]}}
+
+
+class FastDragTestUNetFwdBwd:
+    """Median time of one forward + backward (w.r.t. the input) of the model's UNet at the latent's
+    size, with ordinary (non-inference) weight copies, for benchmarks/bench_dragdiffusion.py."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL",), "positive": ("CONDITIONING",), "latent": ("LATENT",),
+                             "runs": ("INT", {"default": 5})}}
+
+    RETURN_TYPES = ()
+    FUNCTION = "run"
+    OUTPUT_NODE = True
+    CATEGORY = "FastDragTest"
+
+    def run(self, model, positive, latent, runs):
+        comfy.model_management.load_models_gpu([model])
+        device = model.load_device
+        dtype = model.model.manual_cast_dtype or model.model.get_dtype()
+        times = []
+        with torch.inference_mode(False), torch.enable_grad():
+            dm = copy.deepcopy(model.get_model_object("diffusion_model")).to(device)
+            for p in dm.parameters():
+                p.requires_grad_(False)
+            ctx = positive[0][0].clone().to(device, dtype)
+            x0 = latent["samples"].clone().to(device, dtype)
+            for _ in range(runs + 1):
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                t0 = time.perf_counter()
+                x = x0.clone().requires_grad_(True)
+                out = dm(x, timesteps=torch.tensor([681.0], device=device), context=ctx)
+                (g,) = torch.autograd.grad(out.float().square().mean(), x)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                times.append(time.perf_counter() - t0)
+            del dm
+        med = statistics.median(times[1:])
+        return {"ui": {"text": [f"unet forward+backward median {med:.4f} s over {runs} runs"]}}
+
+
+NODE_CLASS_MAPPINGS = {
+    "FastDragTestDDFirstStep": FastDragTestDDFirstStep,
+    "FastDragTestUNetFwdBwd": FastDragTestUNetFwdBwd,
+}
