@@ -43,9 +43,17 @@ MODEL_FOLDERS = ("checkpoints", "text_encoders", "clip", "clip_vision", "configs
 
 
 # ------------------------------------------------------------------------------------- locating
+def harness_comfyui() -> str:
+    """Where the comfy-harness's ``setup.sh`` puts ComfyUI: ``$COMFY_ROOT/ComfyUI`` (default
+    ``~/.cache/comfy-harness/ComfyUI``)."""
+    base = os.environ.get("COMFY_ROOT") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "comfy-harness")
+    return os.path.join(base, "ComfyUI")
+
+
 def find_comfyui(root: str | None = None) -> tuple[str | None, str]:
     """(ComfyUI root or None, reason): ``root``, else ``COMFYUI_ROOT``, else the pack's parent when
-    the pack sits in ``ComfyUI/custom_nodes``."""
+    the pack sits in ``ComfyUI/custom_nodes``, else the harness's ComfyUI when it was set up."""
     root = root or os.environ.get("COMFYUI_ROOT")
     if root:
         root = os.path.abspath(os.path.expanduser(root))
@@ -55,8 +63,10 @@ def find_comfyui(root: str | None = None) -> tuple[str | None, str]:
     parent = os.path.dirname(REPO)
     if os.path.basename(parent) == "custom_nodes" and os.path.isfile(os.path.join(os.path.dirname(parent), "main.py")):
         return os.path.dirname(parent), ""
+    if os.path.isfile(os.path.join(harness_comfyui(), "main.py")):
+        return harness_comfyui(), ""
     return None, ("no ComfyUI: set COMFYUI_ROOT to a ComfyUI checkout (and COMFYUI_PYTHON to its python), "
-                  "or pass --comfyui / --url")
+                  "pass --comfyui / --url, or set it up with ../shared/tools/comfy-harness/setup.sh")
 
 
 def comfy_python(root: str) -> str:

@@ -39,7 +39,6 @@ SAMPLE_POINTS = os.path.join(HERE, "data", "sample_points.json")
 SAMPLE_PROMPT = "a house on a green hill under a sunny sky"
 METHODS = {"fastdrag": os.path.join(HERE, "workflows", "fastdrag.json"),
            "dragdiffusion": os.path.join(HERE, "workflows", "dragdiffusion.json")}
-HARNESS_COMFYUI = os.path.expanduser("~/.cache/comfy-harness/ComfyUI")
 
 
 def fail(msg: str):
@@ -148,8 +147,6 @@ def main(argv=None):
             fail(f"no ComfyUI answers at {args.url}")
     else:
         root, reason = comfy_client.find_comfyui(args.comfyui)
-        if root is None and os.path.isfile(os.path.join(HARNESS_COMFYUI, "main.py")):
-            root = HARNESS_COMFYUI
         if root is None:
             fail(reason)
         py = args.python or comfy_client.comfy_python(root)
