@@ -15,10 +15,8 @@ from typing import Optional
 
 import torch
 
-import comfy.latent_formats
 import comfy.ldm.modules.attention as comfy_attention
 import comfy.model_management
-import comfy.model_sampling
 import comfy.patcher_extension
 import comfy.samplers
 from comfy.ldm.modules.attention import SpatialTransformer
@@ -48,23 +46,6 @@ def decoder_attn1_sites(model_patcher, node: str) -> list[Site]:
     if not sites:
         raise ValueError(f"{node}: no self-attention layers found in the UNet decoder of {type(dm).__name__}")
     return sites
-
-
-def check_eps_discrete(model_patcher, node: str):
-    """Strict check for nodes tied to SD1.x layer positions: a discrete-time eps-prediction model with
-    SD1.x latents. (The FastDrag nodes accept more families: ``model_support.supported_model``.)"""
-    ms = model_patcher.get_model_object("model_sampling")
-    kinds = [k for k in ("IMG_TO_IMG", "X0", "EDM", "V_PREDICTION", "CONST", "EPS")
-             if isinstance(ms, getattr(comfy.model_sampling, k, ()))]
-    prediction = kinds[0] if kinds else type(ms).__name__
-    if prediction != "EPS" or not hasattr(ms, "sigmas") or not hasattr(ms, "log_sigmas"):
-        raise ValueError(f"{node}: this model predicts {prediction} (model sampling {type(ms).__name__}); "
-                         "FastDrag needs a discrete-time eps-prediction SD1.x-family checkpoint")
-    latent_format = model_patcher.get_model_object("latent_format")
-    if not isinstance(latent_format, comfy.latent_formats.SD15):
-        raise ValueError(f"{node}: this model uses {type(latent_format).__name__} latents; FastDrag supports "
-                         "SD1.x-family checkpoints (SD15 latents), not SDXL or newer")
-    return ms
 
 
 class Attn1Run:
