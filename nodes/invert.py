@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 from comfy_api.latest import io, ui
@@ -34,6 +35,15 @@ def edit_schedule(ms, steps: int, strength: float, latent_shape, node: str = NOD
     ts = [int(ms.timestep(s.reshape(1)).item()) for s in sig[:-1]]
     return KVSchedule(sigmas=tuple(float(s) for s in sig), timesteps=tuple(ts), steps=int(steps),
                       strength=float(strength), latent_shape=tuple(int(d) for d in latent_shape))
+
+
+def check_model_schedule(ms, sched: KVSchedule, node: str, what: str = "the latent was inverted") -> None:
+    """The model's σ_t at each of the schedule's timesteps must be the σ the schedule was made with
+    (a latent or K/V from a model with another noise schedule would be denoised at wrong noise levels)."""
+    for t, s in zip(sched.timesteps, sched.sigmas):
+        if not math.isclose(float(ms.sigmas[t]), s, rel_tol=1e-4):
+            raise ValueError(f"{node}: the model's sigma at t={t} is {float(ms.sigmas[t]):.5f} but {what} "
+                             f"at {s:.5f}: it comes from a model with another noise schedule")
 
 
 def check_latent(latent, node: str) -> torch.Tensor:
