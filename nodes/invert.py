@@ -47,9 +47,10 @@ def check_model_schedule(ms, sched: KVSchedule, node: str, what: str = "the late
 
 
 def check_latent(latent, node: str) -> torch.Tensor:
+    """The ``samples`` of an image LATENT ([B, C, H, W]); anything else is refused naming ``node``."""
     samples = latent.get("samples") if isinstance(latent, dict) else None
-    if samples is None or samples.ndim != 4:
-        shape = None if samples is None else list(samples.shape)
+    if not isinstance(samples, torch.Tensor) or samples.is_nested or samples.ndim != 4:
+        shape = list(samples.shape) if isinstance(samples, torch.Tensor) and not samples.is_nested else None
         raise ValueError(f"{node}: latent must be an image LATENT [B, C, H, W], got {shape}")
     return samples
 
