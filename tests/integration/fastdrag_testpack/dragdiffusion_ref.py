@@ -194,13 +194,38 @@ class FastDragTestParamGrads:
     CATEGORY = "FastDragTest"
 
     def run(self, model, latent, path):
-        params = list(model.get_model_object("diffusion_model").parameters())
-        info = {"total": len(params), "with_grad": sum(p.grad is not None for p in params),
-                "requires_grad": sum(p.requires_grad for p in params),
-                "inference": sum(p.is_inference() for p in params)}
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        torch.save(info, path)
+        info = param_state(model, path)
         return {"ui": {"text": [json.dumps(info)]}}
+
+
+class FastDragTestParamState(FastDragTestParamGrads):
+    """The same record, taken before the model is used: passes ``model`` through, so that a node fed
+    by its output runs after it."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL",), "path": ("STRING", {"default": ""})}}
+
+    RETURN_TYPES = ("MODEL",)
+    OUTPUT_NODE = False
+
+    def run(self, model, path):
+        param_state(model, path)
+        return (model,)
+
+
+def param_state(model, path) -> dict:
+    """Counts of ``model``'s UNet parameters holding a ``.grad``, requiring grad, inference tensors;
+    and each parameter's (name, tensor identity, requires_grad, is_inference), saved to ``path``."""
+    named = list(model.get_model_object("diffusion_model").named_parameters())
+    params = [p for _, p in named]
+    info = {"total": len(params), "with_grad": sum(p.grad is not None for p in params),
+            "requires_grad": sum(p.requires_grad for p in params),
+            "inference": sum(p.is_inference() for p in params)}
+    state = [(n, id(p), p.requires_grad, p.is_inference()) for n, p in named]
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    torch.save({**info, "params": state}, path)
+    return info
 
 
 NODE_CLASS_MAPPINGS = {
@@ -208,4 +233,5 @@ NODE_CLASS_MAPPINGS = {
     "FastDragTestUNetFwdBwd": FastDragTestUNetFwdBwd,
     "FastDragTestTrainableWeights": FastDragTestTrainableWeights,
     "FastDragTestParamGrads": FastDragTestParamGrads,
+    "FastDragTestParamState": FastDragTestParamState,
 }
