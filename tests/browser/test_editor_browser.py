@@ -22,9 +22,7 @@ import shutil
 import struct
 import subprocess
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 import zlib
 
 import pytest
@@ -79,15 +77,12 @@ def web(server):
     return {"url": server.url, "run": __import__("pathlib").Path(server.base), "server": server}
 
 
-def post(url, payload, raw=None):
+def post(client, payload, raw=None):
+    """POST /fastdrag/preview through the shared client: (status, headers of a 200 answer, body, seconds)."""
     data = raw if raw is not None else json.dumps(payload).encode()
-    req = urllib.request.Request(url + "/fastdrag/preview", data=data, headers={"Content-Type": "application/json"})
     t0 = time.perf_counter()
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, dict(r.headers), r.read(), time.perf_counter() - t0
-    except urllib.error.HTTPError as e:
-        return e.code, dict(e.headers), e.read(), time.perf_counter() - t0
+    status, body = client._http("POST", "/fastdrag/preview", data, headers={"Content-Type": "application/json"})
+    return status, (client.last_headers if status == 200 else {}), body, time.perf_counter() - t0
 
 
 GOOD_POINTS = json.dumps({"version": 1, "width": W, "height": H,
@@ -97,12 +92,12 @@ IMG = {"filename": IMAGE_NAME, "subfolder": "", "type": "input"}
 
 def test_preview_route_answers_png_fast(web):
     body = {"image": IMG, "mask": {**IMG, "channel": "alpha"}, "points": GOOD_POINTS}
-    status, headers, png, _ = post(web["url"], body)
+    status, headers, png, _ = post(web["server"], body)
     assert status == 200, png[:500]
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and headers["Content-Type"] == "image/png"
     assert headers["X-FastDrag-Grid"] == f"{W // 8}x{H // 8}"
     assert int(headers["X-FastDrag-Holes"]) > 0
-    times = sorted(post(web["url"], body)[3] for _ in range(5))
+    times = sorted(post(web["server"], body)[3] for _ in range(5))
     print(f"preview route {W}x{H}: median {times[2] * 1000:.0f} ms over HTTP (server {headers['X-FastDrag-Ms']} ms)")
     assert times[2] < 0.5
 
@@ -125,7 +120,7 @@ def test_preview_route_answers_png_fast(web):
                       "points": GOOD_POINTS}, None, "leaves"),
 ])
 def test_preview_route_rejects_malformed(web, name, payload, raw, words):
-    status, headers, body, _ = post(web["url"], payload, raw)
+    status, headers, body, _ = post(web["server"], payload, raw)
     assert status == 400, (name, status, body[:300])
     msg = json.loads(body)["error"]
     assert words in msg, (name, msg)
@@ -140,16 +135,16 @@ def test_preview_route_mask_channels(web):
     holes = {}
     for name, mask in [("none", None), ("red", {"filename": "mask_left.png", "channel": "red"}),
                        ("alpha", {**IMG, "channel": "alpha"})]:
-        status, headers, body, _ = post(web["url"], {"image": IMG, "mask": mask, "points": pts})
+        status, headers, body, _ = post(web["server"], {"image": IMG, "mask": mask, "points": pts})
         assert status == 200, (name, body[:300])
         holes[name] = int(headers["X-FastDrag-Holes"])
         assert headers["X-FastDrag-Whole-Image"] == ("1" if mask is None else "0")
     assert holes["red"] != holes["none"] and holes["alpha"] != holes["none"]
     # a picture without alpha gives LoadImage's empty mask, which FastDragPoints refuses: so does the preview
-    status, _, body, _ = post(web["url"], {"image": IMG, "mask": {"filename": "mask_left.png", "channel": "alpha"},
+    status, _, body, _ = post(web["server"], {"image": IMG, "mask": {"filename": "mask_left.png", "channel": "alpha"},
                                            "points": pts})
     assert status == 400 and json.loads(body)["error"].startswith("the mask is empty; paint the region to edit")
-    status, _, body, _ = post(web["url"], {"image": IMG, "mask": {"filename": "mask_small.png", "channel": "red"},
+    status, _, body, _ = post(web["server"], {"image": IMG, "mask": {"filename": "mask_small.png", "channel": "red"},
                                               "points": pts})
     assert status == 400 and "does not match" in json.loads(body)["error"]
 
@@ -159,13 +154,8 @@ def png_size(data):
     return struct.unpack(">II", data[16:24])
 
 
-def get_image(url, **query):
-    q = urllib.parse.urlencode(query)
-    try:
-        with urllib.request.urlopen(f"{url}/fastdrag/image?{q}", timeout=30) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
+def get_image(client, **query):
+    return client._http("GET", f"/fastdrag/image?{urllib.parse.urlencode(query)}")
 
 
 def test_image_route_serves_what_loadimage_reads(web):
@@ -173,20 +163,20 @@ def test_image_route_serves_what_loadimage_reads(web):
     jpg = web["run"] / "input" / "rotated.jpg"
     subprocess.run([web["server"].py, "-c", "from PIL import Image; im = Image.new('RGB', (40, 20), (200, 30, 30)); "
                     "ex = im.getexif(); ex[0x0112] = 6; im.save(r'%s', exif=ex)" % jpg], check=True)
-    status, body = get_image(web["url"], filename="rotated.jpg", type="input")
+    status, body = get_image(web["server"], filename="rotated.jpg", type="input")
     assert status == 200 and png_size(body) == (20, 40)
-    status, body = get_image(web["url"], filename=IMAGE_NAME)
+    status, body = get_image(web["server"], filename=IMAGE_NAME)
     assert status == 200 and png_size(body) == (W, H)
     assert body[25] == 2  # colour type RGB: the alpha (LoadImage's mask) is not in the picture
     for bad in ({"filename": "../../../etc/passwd"}, {"filename": "passwd", "subfolder": "/etc"},
                 {"filename": IMAGE_NAME, "type": "models"}, {}):
-        status, body = get_image(web["url"], **bad)
+        status, body = get_image(web["server"], **bad)
         assert status == 400 and json.loads(body)["error"], bad
 
 
 def test_preview_route_rejects_non_image_in_input(web):
     (web["run"] / "input" / "notes.txt").write_text("hello")
-    status, _, body, _ = post(web["url"], {"image": {"filename": "notes.txt"}, "points": GOOD_POINTS})
+    status, _, body, _ = post(web["server"], {"image": {"filename": "notes.txt"}, "points": GOOD_POINTS})
     assert status == 400 and "not a readable image" in json.loads(body)["error"]
 
 
@@ -206,9 +196,7 @@ def ui(web):
             srv.write_input(loader["widgets_values"][0], png_rgba(*size, lambda x, y: (
                 x * 255 // size[0], y * 255 // size[1], 128, 255)))
     # a fresh execution cache: a prompt equal to an earlier one would not execute (nor send its image)
-    req = urllib.request.Request(f"{web['url']}/free", data=b'{"free_memory": true}', method="POST",
-                                 headers={"Content-Type": "application/json"})
-    urllib.request.urlopen(req, timeout=10).read()
+    assert srv._http("POST", "/free", b'{"free_memory": true}')[0] == 200
     args = ["--url", web["url"], "--out-dir", ARTIFACTS, "--chromium", CHROMIUM, "--pack-name", PACK_NAME,
             "--workflow", os.path.join(HERE, "editor_workflow.json"), "--workflows", WORKFLOWS,
             "--image", IMAGE_NAME, "--ckpt", srv.ckpt_name]
@@ -496,7 +484,7 @@ def test_routes_refuse_hostile_requests_with_4xx(web, hostile_files):
         cases[f"mask file {name}"] = json.dumps({"image": IMG, "mask": {"filename": name}, "points": GOOD_POINTS}).encode()
     msgs = {}
     for case, raw in cases.items():
-        status, _, body, _ = post(url, None, raw)
+        status, _, body, _ = post(web["server"], None, raw)
         msgs[case] = _check_refused(web, status, body, case)
     assert "nested too deeply" in msgs["deep nesting (body)"]
     assert "1000 drags, at most 32" in msgs["too many drags (array)"]  # 2000 points = 1000 pairs
@@ -508,16 +496,16 @@ def test_routes_refuse_hostile_requests_with_4xx(web, hostile_files):
     assert "not a readable image" in msgs["file truncated.png"]
     # bodies over the limit: with a Content-Length, and chunked (no Content-Length)
     big = json.dumps({"image": IMG, "points": GOOD_POINTS, "pad": "x" * (80 << 10)}).encode()
-    status, _, body, _ = post(url, None, big)
+    status, _, body, _ = post(web["server"], None, big)
     assert status == 413, status
     status, body = _chunked_post(url, "/fastdrag/preview", [big[i:i + 8192] for i in range(0, len(big), 8192)])
     assert status == 413, (status, body[:200])
     # the picture route too
     for name in hostile_files + ["../x.png", "missing.png"]:
-        status, body = get_image(url, filename=name)
+        status, body = get_image(web["server"], filename=name)
         _check_refused(web, status, body, f"GET {name}")
     # and the server is still fine
-    status, _, png, _ = post(url, {"image": IMG, "points": GOOD_POINTS})
+    status, _, png, _ = post(web["server"], {"image": IMG, "points": GOOD_POINTS})
     assert status == 200 and png[:4] == b"\x89PNG"
 
 
@@ -540,7 +528,7 @@ def test_routes_fuzz_random_bodies_never_500(web, hostile_files):
         raw = json.dumps(body, allow_nan=True).encode()
         if rnd.random() < 0.1:
             raw = raw[: rnd.randint(0, len(raw))]  # cut anywhere
-        status, _, answer, _ = post(web["url"], None, raw)
+        status, _, answer, _ = post(web["server"], None, raw)
         counts[status] = counts.get(status, 0) + 1
         if status != 200:
             _check_refused(web, status, answer, raw[:200])
