@@ -180,6 +180,35 @@ def test_preview_route_rejects_non_image_in_input(web):
     assert status == 400 and "not a readable image" in json.loads(body)["error"]
 
 
+# A one-sample DragBench folder (DragBench's layout: <category>/<sample>/original_image.png and a
+# meta_data.pkl pickle with 'prompt', 'points' (handle, target, ...) and a uint8 'mask' array).
+DRAGBENCH = "fastdrag_dragbench_ui"
+DB_SIZE = (96, 80)
+DB_DRAGS = [((30, 40), (50, 34)), ((70, 60), (62, 50))]
+DB_MASK = (16, 16, 88, 72)  # x0, y0, x1, y1 of the editable box
+WRITE_DRAGBENCH = r"""
+import os, pickle, sys, json
+import numpy as np
+from PIL import Image
+root, (w, h), drags, (x0, y0, x1, y1) = sys.argv[1], *json.loads(sys.argv[2])
+d = os.path.join(root, "animals", "T1_2026-01-01-0000-00")
+os.makedirs(d, exist_ok=True)
+y, x = np.mgrid[0:h, 0:w]
+rgb = np.stack([x * 255 // (w - 1), y * 255 // (h - 1), (x * 7 + y * 13) % 256], -1).astype(np.uint8)
+Image.fromarray(rgb).save(os.path.join(d, "original_image.png"))
+mask = np.zeros((h, w), np.uint8)
+mask[y0:y1, x0:x1] = 1
+with open(os.path.join(d, "meta_data.pkl"), "wb") as f:
+    pickle.dump({"prompt": "a gradient", "points": [tuple(p) for hd in drags for p in hd], "mask": mask}, f)
+"""
+
+
+def write_dragbench(server):
+    """The DragBench folder in the server's input folder, written by ComfyUI's python (numpy, PIL)."""
+    subprocess.run([server.py, "-c", WRITE_DRAGBENCH, os.path.join(server.base, "input", DRAGBENCH),
+                    json.dumps([DB_SIZE, DB_DRAGS, DB_MASK])], check=True)
+
+
 @pytest.fixture(scope="module")
 def ui(web):
     """Every browser scenario, run once in one Chromium (editor_driver.py); its JSON result."""
@@ -196,10 +225,12 @@ def ui(web):
             srv.write_input(loader["widgets_values"][0], png_rgba(*size, lambda x, y: (
                 x * 255 // size[0], y * 255 // size[1], 128, 255)))
     # a fresh execution cache: a prompt equal to an earlier one would not execute (nor send its image)
+    write_dragbench(srv)
     assert srv._http("POST", "/free", b'{"free_memory": true}')[0] == 200
     args = ["--url", web["url"], "--out-dir", ARTIFACTS, "--chromium", CHROMIUM, "--pack-name", PACK_NAME,
             "--workflow", os.path.join(HERE, "editor_workflow.json"), "--workflows", WORKFLOWS,
-            "--image", IMAGE_NAME, "--ckpt", srv.ckpt_name]
+            "--image", IMAGE_NAME, "--ckpt", srv.ckpt_name,
+            "--dragbench", DRAGBENCH, "--dragbench-drags", json.dumps(DB_DRAGS)]
     if os.environ.get("FASTDRAG_WRITE_THUMBNAILS"):
         args += ["--thumbnails", WORKFLOWS]
     t0 = time.time()
@@ -329,10 +360,55 @@ def test_editor_in_browser(ui):
 
 def test_editor_in_browser_vue_nodes(ui):
     """The same in the front end's experimental Vue node renderer ("Nodes 2.0", a setting in 1.35.9),
-    up to Clear. Known limitation: after ComfyUI's graph undo (Ctrl+Z) that renderer keeps showing the
-    removed node's widget element, so the editor stops responding until the workflow is reloaded;
-    those steps are left out here."""
-    check_editor_scenario(section(ui, "vue"), graph_undo=False)
+    Ctrl+Z included: graph undo re-creates the node under the same id, and the renderer mounts a DOM
+    widget's element only when the widget's row (keyed by index and name) is mounted; the editor's
+    per-instance widget name makes a new row, so the new node's editor is the one shown and it
+    responds (with one name for all, the removed node's dead editor stayed on screen)."""
+    check_editor_scenario(section(ui, "vue"))
+
+
+def test_dragbench_points_open_in_the_editor(ui):
+    """DragBench Sample -> FastDragPoints with `points` linked: the editor draws the drags the node
+    used (not the widget's), at the sample's pixels, read-only and marked; Copy to widget unlinks
+    them into the node's own points, which are then edited and used by the next run."""
+    S = section(ui, "dragbench")
+    expected = [{"handle": list(h), "target": list(t)} for h, t in DB_DRAGS]
+    before = S["before_run"]
+    assert before["linked"] and before["state_linked"] and before["drags"] == [], before  # not the widget's drags
+    assert "points come from a link: run the graph once" in before["status"] and before["copy_shown"], before
+    assert S["first_run"]["status"] == "success", S["first_run"]
+    after = S["after_run"]
+    assert after["size"] == list(DB_SIZE) and after["mask_overlay"], after
+    assert after["drags"] == expected and after["state_linked"], after
+    assert [json.loads(p) for p in after["node_used"]] == [
+        {"version": 1, "width": DB_SIZE[0], "height": DB_SIZE[1], "drags": expected}]  # what the node used
+    assert "2 drags from the link (read-only" in after["status"] and after["copy_shown"], after
+    # the canvas at the sample's pixels: the handle dots are red, the target dots blue
+    for dots in S["dot_colours"]:
+        (r, g, b), (r2, g2, b2) = dots["handle"], dots["target"]
+        assert r > 180 and g < 100 and b < 100 and b2 > 180 and r2 < 100 and g2 < 150, dots
+    # read-only: a click places nothing and says why; the widget is untouched
+    click = S["after_click"]
+    assert click["drags"] == expected and click["widget"] == before["widget"] and not click["pending"], click
+    assert "read-only here): press 'Copy to widget'" in click["status"], click
+    # Copy to widget: no link, the node's own points are the sample's drags, editable
+    copy = S["after_copy"]
+    assert not copy["linked"] and copy["points_link"] is None and not copy["copy_shown"], copy
+    assert json.loads(copy["widget"])["drags"] == expected and copy["drags"] == expected, copy
+    edit = S["after_edit"]
+    assert edit["drags"][:2] == expected and len(edit["drags"]) == 3, edit
+    assert abs(edit["drags"][2]["handle"][0] - 20) <= 1 and abs(edit["drags"][2]["target"][1] - 60) <= 1, edit
+    run = S["second_run"]
+    assert run["status"] == "success" and "handles=[(30.0, 40.0), (70.0, 60.0), (20.0, 66.0)]" in " ".join(run["text"]), run
+    # Ctrl+Z (graph undo re-creates the node): the edit goes, the last run's picture is shown again...
+    undo = S["undo_edit"]
+    assert not undo["linked"] and json.loads(undo["widget"])["drags"] == expected, undo
+    assert undo["drags"] == expected and undo["picture"] == "temp", undo
+    # ...and once more: the link is back, read-only again; the last run used the widget's drags, so
+    # none from the link are known until the next run
+    undo = S["undo_copy"]
+    assert undo["linked"] and undo["points_link"] is not None and undo["state_linked"] and undo["copy_shown"], undo
+    assert undo["widget"] == before["widget"] and undo["drags"] == [] and "run the graph once" in undo["status"], undo
 
 
 def test_vue_nodes_canvas_grows_with_the_node(ui):
@@ -341,7 +417,7 @@ def test_vue_nodes_canvas_grows_with_the_node(ui):
     assert r["canvas_after"] >= r["canvas_before"] + 120, r  # the node was pulled 160 px taller
 
 
-def check_editor_scenario(R, graph_undo=True):
+def check_editor_scenario(R):
 
     def near(p, q):
         return abs(p[0] - q[0]) <= 1 and abs(p[1] - q[1]) <= 1
@@ -383,9 +459,11 @@ def check_editor_scenario(R, graph_undo=True):
     assert near(R["points_after_second_drag"]["drags"][0]["target"], (200, 90))
     assert R["drags_drawn_after_external_edit"] == 2
     assert R["drags_after_clear"] == 0
-    if not graph_undo:
-        return
+    # Ctrl+Z: the points before Clear, drawn by the new node's editor, the only one on the page, which
+    # takes clicks; FastDragInvert's summary widget (fastdrag_text.js) is the new node's too
     assert R["ctrl_z_restores"] and R["drags_drawn_after_ctrl_z"] == 2 and R["editor_mounted_after_ctrl_z"]
+    assert R["editors_in_document_after_ctrl_z"] == 1 and R["drags_after_click_after_ctrl_z"] == 3
+    assert R["summary_after_ctrl_z"] == {"mounted": True, "in_document": 1}, R["summary_after_ctrl_z"]
     assert R["json_shown"]
     assert R["removed"] == {"dead": True, "canvas_in_document": False, "editor_on_node": False}
     print(f"preview: first {R['preview_first_s']} s after the toggle click, {R['preview_after_drag_s']} s after a drag "
