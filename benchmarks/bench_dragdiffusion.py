@@ -7,6 +7,9 @@ Prints, from one server run (both sides under the same load):
   forward + backward through ComfyUI's model, feature interpolation, loss, Adam, tracking) against
   one bare UNet forward + backward (w.r.t. the input, ordinary weight copies) at the same size
   (test-pack node ``FastDragTestUNetFwdBwd``); goal <= 1.15x;
+* the same drag iteration on the model with its UNet weights as a GPU load leaves them: ordinary tensors
+  that require grad (test-pack node ``FastDragTestTrainableWeights``; a CPU load never gets there); the
+  loop must compute no weight gradient in either case (the node says how many weights required grad);
 * the memory held during the drag loop: activations autograd keeps for the backward pass (all
   devices), the weights cloned for the loop, and on CUDA the loop's peak allocation;
 * the whole ``DragDiffusionEdit`` (lora_steps 0; the LoRA is timed by its own benchmark) against
@@ -50,6 +53,7 @@ def main():
     ap.add_argument("--dd-strength", type=float, default=0.7)
     ap.add_argument("--fd-steps", type=int, default=10, help="FastDrag DDIM steps (official 10)")
     ap.add_argument("--fd-strength", type=float, default=0.7)
+    ap.add_argument("--loop-only", action="store_true", help="skip the DragDiffusionEdit / FastDragEdit comparison")
     args = ap.parse_args()
     root, reason = find_comfyui()
     if root is None:
@@ -87,6 +91,9 @@ def main():
             p["drag"] = {"class_type": "DragDiffusionDrag", "inputs": {
                 "model": ["ckpt", 0], "positive": ["pos", 0], "latent": ["inv", 0], "drag": ["pts", 0],
                 "steps": args.drag_steps, "learning_rate": 0.01, "lam": 0.1, "r_m": 1, "r_p": 3}}
+            p["trainable"] = {"class_type": "FastDragTestTrainableWeights", "inputs": {"model": ["ckpt", 0]}}
+            p["drag_t"] = dict(p["drag"], inputs=dict(p["drag"]["inputs"], model=["trainable", 0]))
+            p["out_t"] = {"class_type": "PreviewAny", "inputs": {"source": ["drag_t", 1]}}
             p["fb"] = {"class_type": "FastDragTestUNetFwdBwd", "inputs": {
                 "model": ["ckpt", 0], "positive": ["pos", 0], "latent": ["inv", 0], "runs": max(5, args.drag_steps)}}
             p["out"] = {"class_type": "PreviewAny", "inputs": {"source": ["drag", 1]}}
@@ -105,42 +112,56 @@ def main():
             p["out"] = {"class_type": "PreviewImage", "inputs": {"images": ["edit", 0]}}
             return p
 
-        iter_s, fwdbwd_s, mem, cloned, dd_edit, fd_edit = [], [], [], [], [], []
+        iter_s, iter_t, fwdbwd_s, mem, mem_t, cloned, dd_edit, fd_edit = [], [], [], [], [], [], [], []
+
+        def held(text):
+            h = re.search(r"activations held for backward (\S+ MiB)", text).group(1)
+            m = re.search(r"peak memory of the loop (\S+ MiB)", text)
+            return f"{h} activations" + (f", {m.group(1)} peak (CUDA)" if m else "")
+
         for i in range(args.runs + 1):  # run 0 = warm-up (model load), not counted
             img = f"bench_dd_{i}.png"
             srv.write_input(img, pattern_png(s, s, variant=i))
             e = srv.run(loop_graph(img), timeout=7200)
             text = " ".join(srv.texts(e, "drag"))
+            text_t = " ".join(srv.texts(e, "drag_t"))
             fb = " ".join(srv.texts(e, "fb"))
-            t_dd = exec_seconds(srv.run(edit_graph(f"bench_dd_{i}.png", "dd"), timeout=7200))
-            srv.write_input(f"bench_fd_{i}.png", pattern_png(s, s, variant=i))
-            t_fd = exec_seconds(srv.run(edit_graph(f"bench_fd_{i}.png", "fd"), timeout=7200))
+            if not args.loop_only:
+                t_dd = exec_seconds(srv.run(edit_graph(f"bench_dd_{i}.png", "dd"), timeout=7200))
+                srv.write_input(f"bench_fd_{i}.png", pattern_png(s, s, variant=i))
+                t_fd = exec_seconds(srv.run(edit_graph(f"bench_fd_{i}.png", "fd"), timeout=7200))
             if i:
                 iter_s.append(float(re.search(r"([\d.]+) s/iteration", text).group(1)))
+                iter_t.append(float(re.search(r"([\d.]+) s/iteration", text_t).group(1)))
                 fwdbwd_s.append(float(re.search(r"median ([\d.]+) s", fb).group(1)))
-                held = re.search(r"activations held for backward (\S+ MiB)", text).group(1)
-                m = re.search(r"peak memory of the loop (\S+ MiB)", text)
-                mem.append(f"{held} activations" + (f", {m.group(1)} peak (CUDA)" if m else ""))
+                mem.append(held(text))
+                mem_t.append(held(text_t))
                 cloned.append(re.search(r"weights cloned for the loop (\S+ MiB)", text).group(1))
-                dd_edit.append(t_dd)
-                fd_edit.append(t_fd)
-        last = text
+                if not args.loop_only:
+                    dd_edit.append(t_dd)
+                    fd_edit.append(t_fd)
+        last, last_t = text, text_t
     finally:
         srv.cleanup()
 
-    it, fb = statistics.median(iter_s), statistics.median(fwdbwd_s)
-    ddm, fdm = statistics.median(dd_edit), statistics.median(fd_edit)
+    it, it_t, fb = statistics.median(iter_s), statistics.median(iter_t), statistics.median(fwdbwd_s)
     print(f"\nDragDiffusion benchmark: {s}x{s}, device={args.device}, checkpoint={args.ckpt or 'tiny SD1.5 layout'}, "
           f"{args.runs} runs, load {os.getloadavg()[0]:.1f}")
     print(f"{'what':<62}{'median s':>10}{'ratio':>8}")
     print(f"{'UNet forward + backward (bare, same size)':<62}{fb:>10.3f}{1.0:>8.2f}")
     print(f"{'DragDiffusionDrag, one iteration':<62}{it:>10.3f}{it / fb:>8.2f}")
-    print(f"{'FastDragEdit (' + str(args.fd_steps) + ' steps x ' + str(args.fd_strength) + ')':<62}{fdm:>10.3f}{1.0:>8.2f}")
-    print(f"{'DragDiffusionEdit (' + str(args.dd_steps) + ' x ' + str(args.dd_strength) + ', ' + str(args.drag_steps) + ' drag steps, no LoRA)':<62}"
-          f"{ddm:>10.3f}{ddm / fdm:>8.2f}")
+    print(f"{'DragDiffusionDrag, one iteration, weights requiring grad':<62}{it_t:>10.3f}{it_t / fb:>8.2f}")
+    if not args.loop_only:
+        ddm, fdm = statistics.median(dd_edit), statistics.median(fd_edit)
+        print(f"{'FastDragEdit (' + str(args.fd_steps) + ' steps x ' + str(args.fd_strength) + ')':<62}{fdm:>10.3f}{1.0:>8.2f}")
+        print(f"{'DragDiffusionEdit (' + str(args.dd_steps) + ' x ' + str(args.dd_strength) + ', ' + str(args.drag_steps) + ' drag steps, no LoRA)':<62}"
+              f"{ddm:>10.3f}{ddm / fdm:>8.2f}")
     print(f"memory held during the drag loop: {'; '.join(mem)}; weights cloned for the loop: {cloned[-1]}")
+    print(f"the same with weights requiring grad: {'; '.join(mem_t)}")
     print("last drag status:", last)
-    print("all runs (s): iteration", iter_s, "fwd+bwd", fwdbwd_s, "DragDiffusionEdit", dd_edit, "FastDragEdit", fd_edit)
+    print("last drag status, weights requiring grad:", last_t)
+    print("all runs (s): iteration", iter_s, "weights requiring grad", iter_t, "fwd+bwd", fwdbwd_s,
+          "DragDiffusionEdit", dd_edit, "FastDragEdit", fd_edit)
 
 
 if __name__ == "__main__":

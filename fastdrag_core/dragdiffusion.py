@@ -296,7 +296,9 @@ def optimise_latent(forward: Forward, z: torch.Tensor, handles: torch.Tensor, ta
     """DragDiffusion's latent optimisation (official ``drag_diffusion_update``, real-image path).
 
     Each iteration: ``x_prev, feat = forward(z)``; from the second iteration on, track the handles;
-    stop if all reached; else loss = L_ms (+ mask term) and one Adam step on z.
+    stop if all reached; else loss = L_ms (+ mask term) and one Adam step on z. The gradient is taken
+    with respect to z alone (``torch.autograd.grad``): parameters of the network behind ``forward``
+    get no gradient and no ``.grad``, whether or not they require grad.
 
     F(z_0) and x_{t-1}(z_0) are the first iteration's own outputs (detached): with no reference they
     come from the very computation the loop repeats, so the first mask-term gradient is exactly zero.
@@ -355,12 +357,13 @@ def optimise_latent(forward: Forward, z: torch.Tensor, handles: torch.Tensor, ta
             loss = loss + mask_regulariser(x_prev, x_prev_0, mask_latent, settings.lam)
         if not isinstance(loss, torch.Tensor):  # nothing to pull and no mask term
             break
+        # the gradient of z only: no other leaf of the forward (e.g. a model weight that requires grad)
+        # gets a gradient computed or a .grad written
+        (code.grad,) = torch.autograd.grad(grad_scaler.scale(loss) if grad_scaler is not None else loss, [code])
         if grad_scaler is not None:
-            grad_scaler.scale(loss).backward()
             grad_scaler.step(optimizer)
             grad_scaler.update()
         else:
-            loss.backward()
             optimizer.step()
         optimizer.zero_grad()
         result.losses.append(float(loss.detach()))

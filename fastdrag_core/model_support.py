@@ -18,6 +18,10 @@ That is SD1.x, SD2.x (eps and v) and the SDXL family (eps and v fine-tunes). LCM
 is accepted and replaced by the plain eps model on the full table, as the official code drives the LCM
 UNet. Continuous-time EDM (Playground 2.5, CosXL, SVD), flow matching (SD3, Flux and newer), Stable
 Cascade, video, non-4-channel latents and transformer (DiT) denoisers are refused.
+
+The DragDiffusion nodes use the same rule (``method="DragDiffusion"``; LCM handled the same way, so their
+timesteps match the latent's schedule tag from FastDragInvert) and also refuse the SDXL family, whose UNet
+lacks the SD1.5 positions the method is defined on.
 """
 
 from __future__ import annotations
@@ -25,12 +29,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-__all__ = ["ModelDescription", "Support", "decide", "LCM_NOTE", "family_label"]
+__all__ = ["ModelDescription", "Support", "decide", "LCM_NOTE", "family_label", "METHODS"]
 
 LCM_NOTE = ("LCM sampling detected: FastDrag runs the UNet as a plain eps model on the 1000-step DDIM "
             "schedule, as the official code")
 
 SUPPORTED = "SD1.x, SD2.x (eps and v-prediction) and SDXL-family (eps and v-prediction) checkpoints"
+DRAGDIFFUSION_SUPPORTED = "SD1.x and SD2.x (eps and v-prediction) checkpoints"
+
+# What each method's nodes accept (the message names it). DragDiffusion is FastDrag's rule without the
+# SDXL family: its supervision feature (diffusers up_blocks[2]) and its controlled self-attention layers
+# (transformer blocks 10-15 of 16) are positions in the SD1.5 UNet, which SD2.x shares and SDXL lacks.
+METHODS = {"FastDrag": SUPPORTED, "DragDiffusion": DRAGDIFFUSION_SUPPORTED}
 
 # ComfyUI model config class names -> what users call them (anything else is shown as it is).
 _FAMILY_LABELS = {
@@ -96,15 +106,20 @@ def _sampling_name(desc: ModelDescription) -> str:
     return "+".join(names[:3]) or "none"
 
 
-def decide(desc: ModelDescription, node: str) -> Support:
-    """Accept ``desc`` or raise ``ValueError('<node>: <family> ... is not supported ...; <what to change>')``."""
+def decide(desc: ModelDescription, node: str, method: str = "FastDrag") -> Support:
+    """Accept ``desc`` or raise ``ValueError('<node>: <family> ... is not supported ...; <what to change>')``.
+
+    ``method``: ``"FastDrag"`` (the FastDrag nodes) or ``"DragDiffusion"`` (the DragDiffusion nodes: the
+    same rule, LCM included, and SDXL-family UNets refused, see :data:`METHODS`)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; one of {sorted(METHODS)}")
     fam = family_label(desc.family)
     what = f"{fam} model"
     change = ("remove the model sampling node in front of it" if desc.sampling_patched
               else "use one of those checkpoints")
 
     def refuse(why: str, fix: Optional[str] = None) -> ValueError:
-        return ValueError(f"{node}: this {what} {why}; FastDrag supports {SUPPORTED}: {fix or change}")
+        return ValueError(f"{node}: this {what} {why}; {method} supports {METHODS[method]}: {fix or change}")
 
     if desc.latent_dimensions != 2:
         kind = "video" if desc.latent_dimensions == 3 else "audio or 3-D"
@@ -141,4 +156,10 @@ def decide(desc: ModelDescription, node: str) -> Support:
     if desc.decoder_attn1 <= 0:
         raise refuse(f"has no self-attention layers in a UNet decoder (denoiser {desc.denoiser}); FastDrag's "
                      "consistency strategy stores the K/V of those layers")
+    if method == "DragDiffusion" and desc.latent_format == "SDXL":
+        raise refuse("is an SDXL-family UNet: DragDiffusion's supervision feature (the output of diffusers' "
+                     "up_blocks[2]) and its controlled self-attention layers (transformer blocks 10-15 of 16) "
+                     "are positions in the SD1.5 UNet, which SDXL's does not have (its up_blocks[2] has no "
+                     "attention, it has 70 transformer blocks), and no official setting exists to transfer",
+                     "use an SD1.x or SD2.x checkpoint, or FastDrag (FastDragEdit) on this one")
     return Support(family=desc.family, prediction=prediction, lcm=lcm)

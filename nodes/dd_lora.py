@@ -46,6 +46,7 @@ from comfy.weight_adapter.lora import LoraDiff
 from comfy_extras.nodes_train import TrainGuider, process_cond_list
 
 from ..fastdrag_core import lora as core
+from .model_support import supported_model
 from .types import LATENT_TAG
 
 log = logging.getLogger(__name__)
@@ -328,7 +329,12 @@ class TrainedLora:
 
 def train_identity_lora(model, positive, samples: torch.Tensor, settings: core.LoraTrainSettings,
                         on_step: Optional[Callable[[int, float], None]] = None) -> TrainedLora:
-    """Fine-tune the LoRA on ``samples`` ([1, C, h, w], VAE space) with ``settings.steps >= 1``."""
+    """Fine-tune the LoRA on ``samples`` ([1, C, h, w], VAE space) with ``settings.steps >= 1``.
+
+    Behind LCM sampling (``ModelSamplingDiscrete(lcm)``) it trains the plain eps model on the full
+    1000-step table (the pack's model rule, :func:`nodes.model_support.supported_model`), as the official
+    training's DDPM scheduler does, not LCM's 50-entry table and boundary condition."""
+    model = supported_model(model, NODE).apply(model)
     ms, prediction = check_model(model)
     init_generator = torch.Generator(device="cpu").manual_seed(core.init_seed(settings.seed))
     data_generator = torch.Generator(device="cpu").manual_seed(settings.seed)

@@ -24,9 +24,7 @@ import torch
 import torch.nn.functional as F
 from comfy_api.latest import io, ui
 
-import comfy.latent_formats
 import comfy.model_management
-import comfy.model_sampling
 import comfy.sample
 import comfy.samplers
 import comfy.utils
@@ -34,6 +32,7 @@ import comfy.utils
 from ..fastdrag_core import dragdiffusion as dd
 from ..fastdrag_core import points as core_points
 from .invert import check_latent
+from .model_support import SupportedModel, supported_model
 from .patches import zero_conditioning
 from .types import LATENT_TAG, DragSpec, FastDragDrag
 from .unet_features import DecoderFeatureTap
@@ -46,27 +45,15 @@ BACKWARD_MEMORY_FACTOR = 4  # reserve ~4x ComfyUI's inference estimate for forwa
 
 # -- checks shared by the DragDiffusion nodes -------------------------------------------------------
 
-def check_dd_model(model, node: str):
-    """DragDiffusion's layer positions are SD1.5's (features of ``up_blocks[2]``, 16 transformer
-    blocks): SD1.x and SD2.x UNets (eps or v-prediction, discrete time) carry them; SDXL's UNet does
-    not (its ``up_blocks[2]`` has no attention and 70 transformer blocks), so it is refused by name.
-    Returns the model's ``model_sampling``."""
-    latent_format = model.get_model_object("latent_format")
-    if isinstance(latent_format, comfy.latent_formats.SDXL):
-        raise ValueError(f"{node}: this is an SDXL-family model; the DragDiffusion nodes support SD1.x and "
-                         "SD2.x checkpoints only (the method's supervision features and controlled attention "
-                         "layers are positions in the SD1.5 UNet, which SDXL's UNet does not have)")
-    if not isinstance(latent_format, comfy.latent_formats.SD15):
-        raise ValueError(f"{node}: this model uses {type(latent_format).__name__} latents; the DragDiffusion "
-                         "nodes support SD1.x and SD2.x checkpoints (SD15 latents)")
-    ms = model.get_model_object("model_sampling")
-    kinds = [k for k in ("IMG_TO_IMG", "X0", "EDM", "V_PREDICTION", "CONST", "EPS")
-             if isinstance(ms, getattr(comfy.model_sampling, k, ()))]
-    prediction = kinds[0] if kinds else type(ms).__name__
-    if prediction not in ("EPS", "V_PREDICTION") or not hasattr(ms, "sigmas"):
-        raise ValueError(f"{node}: this model predicts {prediction} (model sampling {type(ms).__name__}); "
-                         "DragDiffusion needs a discrete-time eps- or v-prediction SD1.x/SD2.x checkpoint")
-    return ms
+def dd_supported_model(model, node: str) -> SupportedModel:
+    """The pack's one model rule (:func:`nodes.model_support.supported_model`) for the DragDiffusion
+    nodes, called before any work: SD1.x and SD2.x UNets, eps or v-prediction, discrete time; LCM
+    sampling runs as the plain eps model on the full 1000-step table (``SupportedModel.apply``), as in
+    FastDragInvert, so the latent's schedule tag and the model's sigmas agree. SDXL-family models are
+    refused by name: the method's supervision feature (diffusers ``up_blocks[2]``) and controlled
+    attention layers (transformer blocks 10-15 of 16) are positions in the SD1.5 UNet, which SDXL's
+    (no attention in ``up_blocks[2]``, 70 transformer blocks) does not have."""
+    return supported_model(model, node, method="DragDiffusion")
 
 
 def latent_schedule(latent, node: str, name: str = "latent"):
@@ -157,22 +144,51 @@ def drag_geometry(spec, latent_hw, node: str) -> DragGeometry:
 
 # -- ordinary weights for the backward pass --------------------------------------------------------
 
+@dataclass
+class LoopWeights:
+    """What :func:`frozen_parameters` did: bytes cloned, parameters swapped, and how many of the UNet's
+    parameters still require grad inside the loop (0: no weight gradient can be computed)."""
+
+    cloned_bytes: int = 0
+    total: int = 0
+    requires_grad: int = 0
+
+
 @contextlib.contextmanager
-def ordinary_parameters(module: torch.nn.Module, device):
-    """Autograd cannot save inference tensors, and ComfyUI creates model weights under
-    ``torch.inference_mode()``. For the loop, each such parameter on ``device`` (the ones used as they
-    are; offloaded weights are copied to the device per call anyway) is replaced by an ordinary
-    clone, and put back on exit: a second copy of those weights lives only as long as the loop.
-    Yields the bytes cloned."""
+def frozen_parameters(module: torch.nn.Module, device):
+    """The UNet's parameters as the drag loop needs them: ordinary where autograd must save them, and
+    none requiring grad (only z_t needs a gradient). Put back on exit.
+
+    ComfyUI's weights are Parameters with ``requires_grad=True``: inference tensors when loaded under
+    ``torch.inference_mode()`` (autograd cannot save those for backward), ordinary tensors after a load
+    onto a GPU outside inference mode (then autograd would compute, and accumulate into the shared
+    model's ``.grad``, a gradient for every weight). For the loop:
+
+    * an inference tensor on ``device`` (used as it is) is replaced by an ordinary clone: a second copy
+      of those weights lives only as long as the loop;
+    * any other parameter (an ordinary tensor, or one offloaded to another device, which ComfyUI's cast
+      copies per call) is replaced by a Parameter on the same storage that does not require grad.
+
+    Yields a :class:`LoopWeights`."""
     swapped = []
+    info = LoopWeights()
     try:
         with torch.inference_mode(False):
             for mod in module.modules():
                 for name, p in list(mod._parameters.items()):
-                    if p is not None and p.is_inference() and p.device == device:
+                    if p is None:
+                        continue
+                    info.total += 1
+                    if p.is_inference() and p.device == device:
                         mod._parameters[name] = torch.nn.Parameter(p.clone(), requires_grad=False)
-                        swapped.append((mod, name, p))
-        yield sum(p.numel() * p.element_size() for _, _, p in swapped)
+                        info.cloned_bytes += p.numel() * p.element_size()
+                    elif p.requires_grad:
+                        mod._parameters[name] = torch.nn.Parameter(p.detach(), requires_grad=False)
+                    else:
+                        continue
+                    swapped.append((mod, name, p))
+        info.requires_grad = sum(p.requires_grad for p in module.parameters())
+        yield info
     finally:
         for mod, name, p in swapped:
             mod._parameters[name] = p
@@ -215,7 +231,7 @@ class DragJob:
     reference: Optional[torch.Tensor]  # LATENT samples of the unedited latent, or None
     on_iteration: Callable
     result: Optional[dd.DragResult] = None
-    weights_cloned: int = 0
+    weights: LoopWeights = field(default_factory=LoopWeights)
     peak_bytes: Optional[int] = None  # CUDA: peak allocated above the start of the loop
     saved_bytes: int = 0  # activations kept for backward by the largest forward
     iteration_times: list = field(default_factory=list)
@@ -257,8 +273,8 @@ def sample_dragdiffusion(model, x, sigmas, extra_args=None, callback=None, disab
         torch.cuda.reset_peak_memory_stats(device)
         mem0 = torch.cuda.memory_allocated(device)
     with torch.inference_mode(False), torch.enable_grad(), \
-            ordinary_parameters(base_model.diffusion_model, device) as cloned:
-        job.weights_cloned = cloned
+            frozen_parameters(base_model.diffusion_model, device) as weights:
+        job.weights = weights
         weight_storages = frozenset(p.untyped_storage().data_ptr() for p in base_model.diffusion_model.parameters())
         z = (x.detach().clone().float() / scale_in)
         ref = None
@@ -332,6 +348,7 @@ class DragDiffusionDrag(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, latent, drag, steps, learning_rate, lam, r_m, r_p,
                 reference=None) -> io.NodeOutput:
+        sm = dd_supported_model(model, NODE)  # refuses other families before any work
         samples = check_latent(latent, NODE)
         sched = latent_schedule(latent, NODE)
         if samples.shape[0] != 1:
@@ -345,8 +362,7 @@ class DragDiffusionDrag(io.ComfyNode):
             if tuple(ref_samples.shape) != tuple(samples.shape) or not ref_sched.same_as(sched):
                 raise ValueError(f"{NODE}: reference ({list(ref_samples.shape)}, {ref_sched.describe()}) is not the "
                                  f"same inversion as latent ({list(samples.shape)}, {sched.describe()})")
-        ms = check_dd_model(model, NODE)
-        check_model_schedule(ms, sched, NODE)
+        check_model_schedule(sm.model_sampling, sched, NODE)
         geometry = drag_geometry(drag, samples.shape[-2:], NODE)
         try:
             settings = dd.DragSettings(steps=int(steps), lr=float(learning_rate), lam=float(lam), r_m=int(r_m),
@@ -355,8 +371,10 @@ class DragDiffusionDrag(io.ComfyNode):
             raise ValueError(f"{NODE}: {e}") from None
 
         tap = DecoderFeatureTap.for_up_blocks(model.get_model_object("diffusion_model"), [FEATURE_UP_BLOCK], NODE)
-        m = model.clone()
+        m = sm.apply(model).clone()  # LCM: the plain eps sampling as an object patch
         m.set_model_output_block_patch(tap)
+        if sm.note:
+            log.info("[FastDrag] %s: %s", NODE, sm.note)
         pbar = comfy.utils.ProgressBar(settings.steps)
         job = DragJob(tap=tap, geometry=geometry, settings=settings, reference=ref_samples, on_iteration=None)
         t_last = [time.perf_counter()]
@@ -370,7 +388,7 @@ class DragDiffusionDrag(io.ComfyNode):
 
         job.on_iteration = on_iteration
         sigmas = torch.tensor([sched.sigmas[0], sched.sigmas[1]])
-        with torch.inference_mode(False):  # weights loaded to the device now are ordinary tensors (no clone later)
+        with torch.inference_mode(False):  # weights loaded to the device now are ordinary tensors (not cloned)
             comfy.model_management.load_models_gpu(
                 [m], memory_required=BACKWARD_MEMORY_FACTOR * m.model.memory_required(list(samples.shape)))
         sampler = comfy.samplers.KSAMPLER(sample_dragdiffusion, extra_options={"job": job})
@@ -386,9 +404,13 @@ class DragDiffusionDrag(io.ComfyNode):
                + f"; handles (row, col) {res.history[0].int().tolist()} -> {res.handles.int().tolist()}, "
                f"targets {geometry.targets.int().tolist()} on the {geometry.feature_hw[1]}x{geometry.feature_hw[0]} "
                f"feature grid; {statistics.median(times):.3f} s/iteration (median); weights cloned for the loop "
-               f"{_mib(job.weights_cloned)}; activations held for backward {_mib(job.saved_bytes)}"
+               f"{_mib(job.weights.cloned_bytes)}; UNet weights requiring grad in the loop: "
+               f"{job.weights.requires_grad} of {job.weights.total}; activations held for backward "
+               f"{_mib(job.saved_bytes)}"
                + (f"; peak memory of the loop {_mib(job.peak_bytes)} (copies included)" if job.peak_bytes is not None else ""))
         log.info("[FastDrag] %s: %s", NODE, msg)
+        if sm.note:
+            msg = sm.note + "\n" + msg
         log.debug("[FastDrag] %s: handles per iteration %s", NODE, json.dumps([h.int().tolist() for h in res.history]))
         out_latent = dict(latent)
         out_latent["samples"] = out

@@ -1,9 +1,14 @@
 """DragDiffusionEdit: the whole DragDiffusion pipeline behind one node, as a node expansion.
 
 VAEEncode -> [DragDiffusionLoRA, when lora_steps > 0] -> FastDragInvert (no K/V capture) ->
-DragDiffusionDrag -> DragDiffusionSample (reference = the inverted latent) -> VAEDecode. The inputs
-are raw links, so the expanded nodes hang off the real upstream nodes and ComfyUI caches them like
-hand-wired stages: a re-drag (new points) reuses the encoding, the LoRA and the inversion.
+DragDiffusionDrag -> DragDiffusionSample (reference = the inverted latent) -> VAEDecode. The expanded
+nodes are wired to the real upstream nodes (the inputs' links), so ComfyUI caches them like hand-wired
+stages: a re-drag (new points) reuses the encoding, the LoRA and the inversion.
+
+``model`` is the one input ComfyUI evaluates before this node runs: the model rule of the DragDiffusion
+nodes is applied to it first, so an unsupported model (SDXL, EDM, flow, ...) is refused before the LoRA
+training and the inversion; its link, for the expansion, is read from the (dynamic) prompt. The other
+inputs are raw links, never evaluated here.
 """
 
 from __future__ import annotations
@@ -12,15 +17,20 @@ from comfy_api.latest import io
 
 from comfy_execution.graph_utils import GraphBuilder
 
+from .dragdiffusion import dd_supported_model
 from .types import FastDragDrag
 
 NODE = "DragDiffusionEdit"
 LORA_NODE = "DragDiffusionLoRA"
 
 
-def lora_node_available() -> bool:
-    import nodes  # ComfyUI's registry of loaded node classes
-    return LORA_NODE in getattr(nodes, "NODE_CLASS_MAPPINGS", {})
+def input_link(dynprompt, unique_id, name: str):
+    """The link ``[node id, output index]`` feeding input ``name`` of node ``unique_id`` in the prompt as
+    it runs (expanded nodes included)."""
+    link = dynprompt.get_node(unique_id)["inputs"].get(name)
+    if not (isinstance(link, list) and len(link) == 2):
+        raise ValueError(f"{NODE}: input {name!r} must be connected to a node's output, got {link!r}")
+    return link
 
 
 class DragDiffusionEdit(io.ComfyNode):
@@ -34,8 +44,11 @@ class DragDiffusionEdit(io.ComfyNode):
                         "latent optimisation with motion supervision and point tracking, sampling with "
                         "reference-latent control, decode. Slower than FastDragEdit, keeps identity better.",
             enable_expand=True,
+            hidden=[io.Hidden.unique_id, io.Hidden.dynprompt],
             inputs=[
-                io.Model.Input("model", raw_link=True, tooltip="An SD1.x / SD2.x model (official: SD1.5)."),
+                io.Model.Input("model", tooltip="An SD1.x / SD2.x model (official: SD1.5); eps or v-prediction, LCM "
+                                                "sampling runs as plain eps. SDXL-family models are refused "
+                                                "(use FastDragEdit for those)."),
                 io.Vae.Input("vae", raw_link=True, tooltip="The VAE that encodes and decodes the image."),
                 io.Conditioning.Input("positive", raw_link=True,
                                       tooltip="Prompt conditioning (official: a prompt describing the image; "
@@ -91,9 +104,8 @@ class DragDiffusionEdit(io.ComfyNode):
     def execute(cls, model, vae, positive, image, drag, steps, strength, drag_steps, lora_steps, cfg,
                 negative=None, learning_rate=0.01, lam=0.1, r_m=1, r_p=3, start_step=0, start_layer=10,
                 lora_learning_rate=5e-4, lora_rank=16, lora_batch_size=4, seed=0) -> io.NodeOutput:
-        if lora_steps > 0 and not lora_node_available():
-            raise ValueError(f"{NODE}: lora_steps={lora_steps} needs the {LORA_NODE} node, which is not "
-                             "installed in this ComfyUI; set lora_steps to 0 to edit without the identity LoRA")
+        dd_supported_model(model, NODE)  # before the LoRA training and the inversion
+        model = input_link(cls.hidden.dynprompt, cls.hidden.unique_id, "model")
         g = GraphBuilder()
         neg = {} if negative is None else {"negative": negative}
         enc = g.node("VAEEncode", pixels=image, vae=vae)

@@ -17,7 +17,7 @@ import comfy.sample
 import comfy.utils
 
 from ..fastdrag_core.dragdiffusion_attn import ReferenceAttention
-from .dragdiffusion import check_dd_model, check_model_schedule, latent_schedule
+from .dragdiffusion import check_model_schedule, dd_supported_model, latent_schedule
 from .invert import check_latent, warn_noise_mask
 from .patches import DDIM_SAMPLER, ReferenceRun, attn1_sites_in_call_order, patch_model_reference, zero_conditioning
 from .types import LATENT_TAG
@@ -63,6 +63,7 @@ class DragDiffusionSample(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, latent, reference, start_step, start_layer, cfg,
                 negative=None) -> io.NodeOutput:
+        sm = dd_supported_model(model, NODE)  # refuses other families before any work
         samples = check_latent(latent, NODE)
         ref = check_latent(reference, NODE)
         sched = latent_schedule(latent, NODE)
@@ -73,8 +74,10 @@ class DragDiffusionSample(io.ComfyNode):
         if not ref_sched.same_as(sched):
             raise ValueError(f"{NODE}: reference was inverted with {ref_sched.describe()} but latent with "
                              f"{sched.describe()}; both must come from the same FastDragInvert")
-        ms = check_dd_model(model, NODE)
-        check_model_schedule(ms, sched, NODE)
+        check_model_schedule(sm.model_sampling, sched, NODE)
+        model = sm.apply(model)  # LCM: the plain eps sampling (an object patch on a clone)
+        if sm.note:
+            log.info("[FastDrag] %s: %s", NODE, sm.note)
         sites = attn1_sites_in_call_order(model, NODE)
         policy = ReferenceAttention(start_layer=int(start_layer), start_step=int(start_step), num_layers=len(sites))
         steps = len(sched.timesteps)
@@ -99,15 +102,22 @@ class DragDiffusionSample(io.ComfyNode):
         if controlled:
             out = out[batch:]
             expected_min = len(policy.controlled_layers(len(sites))) * (steps - policy.start_step)
-            msg = (f"t={sched.edit_timestep} -> 0 in {steps} steps; reference control on blocks "
-                   f"{policy.start_layer}-{len(sites) - 1} of {len(sites)} from step {policy.start_step}: "
+            msg = (f"t={sched.edit_timestep} -> 0 in {steps} steps on {sm.support.describe()}; reference control "
+                   f"on blocks {policy.start_layer}-{len(sites) - 1} of {len(sites)} from step {policy.start_step}: "
                    f"{run.controlled_calls} controlled attention calls (>= {expected_min} expected)")
-            if run.unexpected_sigmas or run.controlled_calls < expected_min:
+            if run.shadowed:
+                msg += (f"; another exact-site attn1 replace hid the control on {len(run.shadowed)} layers, e.g. "
+                        f"{sorted(run.shadowed, key=repr)[0]}")
+            if run.unexpected_sigmas or run.controlled_calls < expected_min or run.shadowed:
                 log.warning("[FastDrag] %s: %s; unexpected sigmas %s", NODE, msg, sorted(run.unexpected_sigmas))
+            else:
+                log.info("[FastDrag] %s: %s", NODE, msg)
         else:
-            msg = (f"t={sched.edit_timestep} -> 0 in {steps} steps; no block controlled (start_layer "
-                   f"{start_layer} of {len(sites)} blocks, start_step {start_step} of {steps}): plain DDIM")
-        log.info("[FastDrag] %s: %s", NODE, msg)
+            msg = (f"t={sched.edit_timestep} -> 0 in {steps} steps on {sm.support.describe()}; no block controlled "
+                   f"(start_layer {start_layer} of {len(sites)} blocks, start_step {start_step} of {steps}): plain DDIM")
+            log.info("[FastDrag] %s: %s", NODE, msg)
+        if sm.note:
+            msg = sm.note + "\n" + msg
         out_latent = {k: v for k, v in latent.items() if k != LATENT_TAG}
         out_latent["samples"] = out
         return io.NodeOutput(out_latent, ui=ui.PreviewText(msg))

@@ -136,7 +136,8 @@ class FastDragInvert(io.ComfyNode):
                                          positive, negative, samples, callback=callback, disable_pbar=True, seed=0)
         store.freeze()
         check_capture(run, store, sites, k)
-        msg = (f"inverted to t={sched.edit_timestep} in {k} steps on {sm.support.describe()}; {store.describe()}"
+        kv_text = store.describe() if capture_kv else f"K/V capture off; {sched.describe()}"
+        msg = (f"inverted to t={sched.edit_timestep} in {k} steps on {sm.support.describe()}; {kv_text}"
                + run.describe_passes())
         log.info("[FastDrag] %s: %s", NODE, msg)
         if run.same_pass_repeats:

@@ -1,7 +1,8 @@
 """Reads a ComfyUI MODEL into the plain description ``fastdrag_core.model_support.decide`` judges, and
 provides the model sampling the FastDrag nodes run with.
 
-The rule (one function, :func:`supported_model`, used by FastDragInvert and FastDragSample alike):
+The rule (one function, :func:`supported_model`, used by FastDragInvert and FastDragSample alike, and by
+the DragDiffusion nodes with ``method="DragDiffusion"``, which also refuses the SDXL family):
 
 * SD1.x, SD2.x and SDXL-family models with discrete eps or v-prediction sampling run with their own
   sampling object and latent format;
@@ -86,9 +87,10 @@ def _full_table_eps(model_patcher, ms, node: str):
     return full
 
 
-def supported_model(model_patcher, node: str) -> SupportedModel:
-    """Decide whether FastDrag runs on ``model_patcher`` (ValueError naming the family if not)."""
-    support = decide(describe_model(model_patcher), node)
+def supported_model(model_patcher, node: str, method: str = "FastDrag") -> SupportedModel:
+    """Decide whether ``method``'s nodes (``"FastDrag"`` or ``"DragDiffusion"``, which also refuses the
+    SDXL family) run on ``model_patcher`` (ValueError naming the family if not)."""
+    support = decide(describe_model(model_patcher), node, method)
     ms = model_patcher.get_model_object("model_sampling")
     if support.lcm:
         ms = _full_table_eps(model_patcher, ms, node)

@@ -15,10 +15,8 @@ from typing import Optional
 
 import torch
 
-import comfy.latent_formats
 import comfy.ldm.modules.attention as comfy_attention
 import comfy.model_management
-import comfy.model_sampling
 import comfy.patcher_extension
 import comfy.samplers
 from comfy.ldm.modules.attention import SpatialTransformer
@@ -50,54 +48,86 @@ def decoder_attn1_sites(model_patcher, node: str) -> list[Site]:
     return sites
 
 
-def check_eps_discrete(model_patcher, node: str):
-    """Strict check for nodes tied to SD1.x layer positions: a discrete-time eps-prediction model with
-    SD1.x latents. (The FastDrag nodes accept more families: ``model_support.supported_model``.)"""
-    ms = model_patcher.get_model_object("model_sampling")
-    kinds = [k for k in ("IMG_TO_IMG", "X0", "EDM", "V_PREDICTION", "CONST", "EPS")
-             if isinstance(ms, getattr(comfy.model_sampling, k, ()))]
-    prediction = kinds[0] if kinds else type(ms).__name__
-    if prediction != "EPS" or not hasattr(ms, "sigmas") or not hasattr(ms, "log_sigmas"):
-        raise ValueError(f"{node}: this model predicts {prediction} (model sampling {type(ms).__name__}); "
-                         "FastDrag needs a discrete-time eps-prediction SD1.x-family checkpoint")
-    latent_format = model_patcher.get_model_object("latent_format")
-    if not isinstance(latent_format, comfy.latent_formats.SD15):
-        raise ValueError(f"{node}: this model uses {type(latent_format).__name__} latents; FastDrag supports "
-                         "SD1.x-family checkpoints (SD15 latents), not SDXL or newer")
-    return ms
-
-
-class KVRun:
-    """State of one inversion or sampling run, shared by the patches of all layers.
+class Attn1Run:
+    """Pass bookkeeping shared by the pack's attn1 replace patches (FastDrag's K/V capture and injection,
+    DragDiffusion's reference-latent control), so that they chain other attn1 replaces one way.
 
     Passes: ComfyUI's sampler evaluates the model once per step (``calc_cond_batch`` with the cond and
     uncond chunks), but guidance patches add passes at the same sigma afterwards: PerturbedAttentionGuidance
     re-runs the cond chunk with a perturbed middle block, SelfAttentionGuidance the uncond chunk on a
-    blurred input. A ``CALC_COND_BATCH`` wrapper (:class:`KVPassWrapper`) numbers the passes per sigma.
-    Capture stores the first write of each (layer, timestep, chunk), i.e. the sampler's own pass, and
-    counts the writes of later passes (``extra_pass_repeats``, expected) apart from repeats inside one pass
-    (``same_pass_repeats``: several conditioning entries per chunk, reported as a warning). Injection
-    serves every pass (``stats`` for the first pass at a sigma, ``extra_stats`` for the others).
+    blurred input. A ``CALC_COND_BATCH`` wrapper (:class:`Attn1PassWrapper`) numbers the passes per sigma
+    and records, for each of the run's ``sites``, the block-level ``(block, id)`` attn1 replace of that
+    pass's model options, which the pack's exact-site patch hides in ComfyUI's lookup: the patch chains
+    it (:class:`ChainedAttn1Patch`). ``shadowed`` collects the sites where another exact-site replace
+    hid the pack's patch in some pass.
 
     ``copy.deepcopy`` returns self: ``ModelPatcher.clone`` and ComfyUI's per-run option copies
     duplicate patch objects, and every copy must talk to this run."""
 
+    def __init__(self):
+        self.sites: tuple = ()
+        self._passes: dict[float, int] = {}  # sigma -> passes begun at it
+        self._stack: list[tuple] = []  # (pass index, {site: block-level attn1 replace}, context) per open pass
+        self.extra_passes = 0
+        self.shadowed: set = set()  # sites whose pack patch another exact-site replace hid in some pass
+
+    def begin_pass(self, sigma: float, conds, model_options: dict) -> int:
+        """A ``calc_cond_batch`` pass begins at ``sigma`` with the conditioning lists ``conds``."""
+        index = self._passes.get(sigma, 0)
+        self._passes[sigma] = index + 1
+        if index:
+            self.extra_passes += 1
+        attn1 = (model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn1", {}))
+        block_level = {}
+        for site in self.sites:
+            exact = attn1.get(tuple(site))
+            if getattr(exact, "run", None) is not self:
+                self.shadowed.add(site)  # ComfyUI calls that patch instead of ours in this pass
+            block_level[site] = attn1.get(tuple(site[:2]))
+        self._stack.append((index, block_level, self.pass_context(index, sigma, list(conds))))
+        return index
+
+    def pass_context(self, index: int, sigma: float, conds: list):
+        """What a subclass keeps per pass (:class:`KVRun`: the chunk map)."""
+        return None
+
+    def end_pass(self):
+        self._stack.pop()
+
+    @property
+    def pass_index(self) -> int:
+        """0 = the first pass at this sigma (also when no pass was announced)."""
+        return self._stack[-1][0] if self._stack else 0
+
+    def block_replace(self, site, default):
+        """The block-level (``(block, id)``) attn1 replace of the current pass, which the pack's
+        exact-site patch would hide: it is chained instead."""
+        return self._stack[-1][1].get(site, default) if self._stack else default
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+class KVRun(Attn1Run):
+    """State of one inversion or sampling run, shared by the patches of all layers.
+
+    Capture stores the first write of each (layer, timestep, chunk), i.e. the sampler's own pass, and
+    counts the writes of later passes (``extra_pass_repeats``, expected) apart from repeats inside one pass
+    (``same_pass_repeats``: several conditioning entries per chunk, reported as a warning). Injection
+    serves every pass (``stats`` for the first pass at a sigma, ``extra_stats`` for the others)."""
+
     def __init__(self, mode: str, store: KVStore, schedule: KVSchedule, policy: Optional[KVPolicy] = None):
         assert mode in ("capture", "inject")
+        super().__init__()
         self.mode, self.store, self.schedule = mode, store, schedule
         self.policy = policy or KVPolicy()
         self.stats = InjectionStats()        # the first pass at each sigma (the sampler's own)
         self.extra_stats = InjectionStats()  # later passes at the same sigma (PAG, SAG, ...)
         self._last = (None, None)  # (sigma tensor, timestep): one host sync per model call, not per layer
         self.unexpected_sigmas: set[float] = set()
-        self.sites: tuple = ()
-        self._passes: dict[float, int] = {}  # sigma -> passes begun at it
         self._first_conds: dict[float, list] = {}  # sigma -> conds of the first pass
-        self._stack: list[tuple] = []  # (pass index, {site: block-level attn1 replace}, chunk map) per open pass
-        self.extra_passes = 0
         self.extra_pass_repeats = 0
         self.same_pass_repeats = 0
-        self.shadowed: set = set()  # sites whose FastDrag patch another exact-site replace hid in some pass
 
     def timestep(self, extra_options) -> Optional[int]:
         sig = extra_options["sigmas"]
@@ -110,52 +140,21 @@ class KVRun:
         self._last = (sig, t)
         return t
 
-    # -- passes (called by KVPassWrapper) ------------------------------------------------------
-    def begin_pass(self, sigma: float, conds, model_options: dict) -> int:
-        """A ``calc_cond_batch`` pass begins at ``sigma`` with the conditioning lists ``conds``.
-
-        ComfyUI numbers the chunks of a pass by position in ``conds`` (``cond_or_uncond``): the
-        sampler's pass has [cond, uncond], but SAG's extra pass is [uncond] and so calls it chunk 0.
-        Chunks of a later pass are mapped back to the first pass's numbering by the identity of the
-        conditioning list, so that SAG's uncond pass is served the uncond K/V."""
-        index = self._passes.get(sigma, 0)
-        self._passes[sigma] = index + 1
-        conds = list(conds)
+    def pass_context(self, index: int, sigma: float, conds: list):
+        """The chunk map of a pass. ComfyUI numbers the chunks of a pass by position in ``conds``
+        (``cond_or_uncond``): the sampler's pass has [cond, uncond], but SAG's extra pass is [uncond] and
+        so calls it chunk 0. Chunks of a later pass are mapped back to the first pass's numbering by the
+        identity of the conditioning list, so that SAG's uncond pass is served the uncond K/V."""
         if index == 0:
             self._first_conds[sigma] = conds
-            chunk_map = None
-        else:
-            self.extra_passes += 1
-            first = self._first_conds.get(sigma, [])
-            chunk_map = {i: next((j for j, f in enumerate(first) if f is not None and f is c), i)
-                         for i, c in enumerate(conds)}
-        attn1 = (model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn1", {}))
-        block_level = {}
-        for site in self.sites:
-            exact = attn1.get(tuple(site))
-            if not (isinstance(exact, KVAttn1Patch) and exact.run is self):
-                self.shadowed.add(site)  # ComfyUI calls that patch instead of ours in this pass
-            block_level[site] = attn1.get(tuple(site[:2]))
-        self._stack.append((index, block_level, chunk_map))
-        return index
-
-    def end_pass(self):
-        self._stack.pop()
-
-    @property
-    def pass_index(self) -> int:
-        """0 = the first pass at this sigma (also when no pass was announced)."""
-        return self._stack[-1][0] if self._stack else 0
+            return None
+        first = self._first_conds.get(sigma, [])
+        return {i: next((j for j, f in enumerate(first) if f is not None and f is c), i) for i, c in enumerate(conds)}
 
     def chunks(self, cond_or_uncond) -> list:
         """The chunk ids of an attention call, in the numbering of the first pass at this sigma."""
         chunk_map = self._stack[-1][2] if self._stack else None
         return list(cond_or_uncond) if not chunk_map else [chunk_map.get(c, c) for c in cond_or_uncond]
-
-    def block_replace(self, site, default):
-        """The block-level (``(block, id)``) attn1 replace of the current pass, which FastDrag's
-        exact-site patch would hide: it is chained instead."""
-        return self._stack[-1][1].get(site, default) if self._stack else default
 
     def describe_passes(self) -> str:
         if not self.extra_passes:
@@ -167,14 +166,11 @@ class KVRun:
         return (f"; {self.extra_passes} extra passes at the same sigmas (e.g. PAG, SAG) injected too: "
                 + self.extra_stats.describe().replace("K/V injection: ", ""))
 
-    def __deepcopy__(self, memo):
-        return self
 
+class Attn1PassWrapper:
+    """``CALC_COND_BATCH`` wrapper: numbers the model passes at each sigma for an :class:`Attn1Run`."""
 
-class KVPassWrapper:
-    """``CALC_COND_BATCH`` wrapper: numbers the model passes at each sigma for :class:`KVRun`."""
-
-    def __init__(self, run: KVRun):
+    def __init__(self, run: Attn1Run):
         self.run = run
 
     def __call__(self, executor, model, conds, x_in, timestep, model_options, *args, **kwargs):
@@ -188,16 +184,35 @@ class KVPassWrapper:
         return self
 
 
-class KVAttn1Patch:
-    """attn1 replace patch of one decoder layer: ``(q, k, v, extra_options) -> attention output``.
-    q/k/v are already projected ([B, tokens, heads*dim_head]); the result goes through to_out.
+
+
+class ChainedAttn1Patch:
+    """Base of the pack's attn1 replace patches (``(q, k, v, extra_options) -> attention output``; q/k/v
+    are already projected, [B, tokens, heads*dim_head]; the result goes through to_out).
 
     Another attn1 replace on the same layer is chained, never dropped: ``prev`` (one that was installed
     on this exact site before) or the block-level ``(block, id)`` replace that this exact-site patch
-    hides in ComfyUI's lookup is called with the K/V FastDrag chose, instead of plain attention."""
+    hides in ComfyUI's lookup (the current pass's, else ``block_prev``) is called with the K/V the pack
+    chose, instead of plain attention."""
 
-    def __init__(self, layer: Site, run: KVRun, prev=None, block_prev=None):
+    def __init__(self, layer: Site, run: Attn1Run, prev=None, block_prev=None):
         self.layer, self.run, self.prev, self.block_prev = layer, run, prev, block_prev
+
+    def attend(self, q, k, v, extra_options):
+        chained = self.prev if self.prev is not None else self.run.block_replace(self.layer, self.block_prev)
+        if chained is not None:
+            return chained(q, k, v, extra_options)
+        return comfy_attention.optimized_attention(q, k, v, extra_options["n_heads"],
+                                                   attn_precision=extra_options.get("attn_precision"),
+                                                   transformer_options=extra_options)
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+class KVAttn1Patch(ChainedAttn1Patch):
+    """attn1 replace patch of one decoder layer for FastDrag: captures the layer's K/V (inversion) or
+    replaces them with the stored ones (sampling), then attends (chaining other packs' patches)."""
 
     def __call__(self, q, k, v, extra_options):
         run = self.run
@@ -214,25 +229,18 @@ class KVAttn1Patch:
         else:
             k, v = run.policy.select(run.store, self.layer, t, chunks, k, v,
                                      run.extra_stats if extra else run.stats)
-        chained = self.prev if self.prev is not None else run.block_replace(self.layer, self.block_prev)
-        if chained is not None:
-            return chained(q, k, v, extra_options)
-        return comfy_attention.optimized_attention(q, k, v, extra_options["n_heads"],
-                                                   attn_precision=extra_options.get("attn_precision"),
-                                                   transformer_options=extra_options)
-
-    def __deepcopy__(self, memo):
-        return self
+        return self.attend(q, k, v, extra_options)
 
 
 WRAPPER_KEY = "fastdrag_kv_passes"
 
 
-def patch_model(model_patcher, run: KVRun, sites: list[Site], model_sampling=None):
-    """A clone of ``model_patcher`` with a K/V patch on every site (the input is never modified).
+def install_attn1_patches(model_patcher, run: Attn1Run, sites: list[Site], make_patch, model_sampling=None):
+    """A clone of ``model_patcher`` with ``make_patch(site, prev, block_prev)`` as the attn1 replace of every
+    site and the pass wrapper of ``run`` (the input is never modified).
 
-    Attn1 replace patches already on those layers (another pack's, or the block-level ones a site
-    patch would hide) are chained by the new patches. ``model_sampling``: an object patch for the
+    Attn1 replace patches already on those layers (another pack's, per site or per block) are handed to
+    the new patches as ``prev`` / ``block_prev`` to chain. ``model_sampling``: an object patch for the
     clone (the plain eps sampling that replaces LCM's, see ``model_support``)."""
     m = model_patcher.clone()
     if model_sampling is not None:
@@ -244,12 +252,19 @@ def patch_model(model_patcher, run: KVRun, sites: list[Site], model_sampling=Non
         prev, block_prev = existing.get(site), existing.get(site[:2])
         if prev is not None or block_prev is not None:
             chained.append(site)
-        m.set_model_attn1_replace(KVAttn1Patch(site, run, prev=prev, block_prev=block_prev), *site)
-    m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, WRAPPER_KEY, KVPassWrapper(run))
+        m.set_model_attn1_replace(make_patch(site, prev, block_prev), *site)
+    m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, WRAPPER_KEY, Attn1PassWrapper(run))
     if chained:
-        log.info("[FastDrag] chaining the attn1 replace patches already on %d decoder layers (e.g. %s): they run "
-                 "with FastDrag's K/V", len(chained), chained[0])
+        log.info("[FastDrag] chaining the attn1 replace patches already on %d layers (e.g. %s): they run "
+                 "with the K/V the pack chose", len(chained), chained[0])
     return m
+
+
+def patch_model(model_patcher, run: KVRun, sites: list[Site], model_sampling=None):
+    """A clone of ``model_patcher`` with a K/V patch (:class:`KVAttn1Patch`) on every site."""
+    return install_attn1_patches(model_patcher, run, sites,
+                                 lambda site, prev, block_prev: KVAttn1Patch(site, run, prev, block_prev),
+                                 model_sampling=model_sampling)
 
 
 @torch.no_grad()
@@ -330,12 +345,13 @@ def attn1_sites_in_call_order(model_patcher, node: str) -> list[Site]:
     return sites
 
 
-class ReferenceRun:
+class ReferenceRun(Attn1Run):
     """One DragDiffusionSample run: the schedule (sigma -> step index) and the
-    :class:`fastdrag_core.dragdiffusion_attn.ReferenceAttention` policy, shared by all patched layers
-    (``copy.deepcopy`` returns self, like :class:`KVRun`)."""
+    :class:`fastdrag_core.dragdiffusion_attn.ReferenceAttention` policy, shared by all patched layers;
+    passes and chaining as :class:`Attn1Run`."""
 
     def __init__(self, schedule: KVSchedule, policy):
+        super().__init__()
         self.schedule, self.policy = schedule, policy
         self.controlled_calls = 0
         self.unexpected_sigmas: set[float] = set()
@@ -353,16 +369,15 @@ class ReferenceRun:
         self._last = (sig, step)
         return step
 
-    def __deepcopy__(self, memo):
-        return self
 
-
-class ReferenceAttn1Patch:
+class ReferenceAttn1Patch(ChainedAttn1Patch):
     """attn1 replace of one UNet layer for DragDiffusion's reference-latent control: the policy picks
-    the K/V (the reference branch's for the edited branch), attention runs as in :class:`KVAttn1Patch`."""
+    the K/V (the reference branch's for the edited branch), then it attends as :class:`KVAttn1Patch`
+    (another pack's attn1 replace on the layer is chained and receives those K/V)."""
 
-    def __init__(self, layer_index: int, run: ReferenceRun):
-        self.layer_index, self.run = layer_index, run
+    def __init__(self, layer: Site, layer_index: int, run: ReferenceRun, prev=None, block_prev=None):
+        super().__init__(layer, run, prev, block_prev)
+        self.layer_index = layer_index
 
     def __call__(self, q, k, v, extra_options):
         run = self.run
@@ -370,18 +385,15 @@ class ReferenceAttn1Patch:
         k2, v2 = run.policy.select(k, v, len(extra_options["cond_or_uncond"]), self.layer_index, step)
         if k2 is not k:
             run.controlled_calls += 1
-        return comfy_attention.optimized_attention(q, k2, v2, extra_options["n_heads"],
-                                                   attn_precision=extra_options.get("attn_precision"),
-                                                   transformer_options=extra_options)
-
-    def __deepcopy__(self, memo):
-        return self
+        return self.attend(q, k2, v2, extra_options)
 
 
-def patch_model_reference(model_patcher, run: ReferenceRun, sites: list[Site]):
+def patch_model_reference(model_patcher, run: ReferenceRun, sites: list[Site], model_sampling=None):
     """A clone of ``model_patcher`` with a :class:`ReferenceAttn1Patch` on every site the policy can
-    control (``sites`` in call order; the input is never modified)."""
-    m = model_patcher.clone()
-    for index in run.policy.controlled_layers(len(sites)):
-        m.set_model_attn1_replace(ReferenceAttn1Patch(index, run), *sites[index])
-    return m
+    control (``sites`` in call order; the input is never modified); attn1 replaces already there are
+    chained (:func:`install_attn1_patches`)."""
+    index = {tuple(sites[i]): i for i in run.policy.controlled_layers(len(sites))}
+    return install_attn1_patches(
+        model_patcher, run, list(index),
+        lambda site, prev, block_prev: ReferenceAttn1Patch(site, index[site], run, prev, block_prev),
+        model_sampling=model_sampling)

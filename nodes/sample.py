@@ -46,6 +46,20 @@ def check_kv_matches(kv, latent, model, node: str = NODE):
     return samples, sm
 
 
+def check_kv_layers(kv: KVStore, sites, node: str = NODE):
+    """With consistency on, the K/V must hold this UNet's decoder self-attention layers: an empty store
+    (FastDragInvert with capture_kv off) or one from another UNet would silently sample plain DDIM."""
+    if len(kv) == 0:
+        raise ValueError(f"{node}: kv is empty (FastDragInvert ran with capture_kv off), so consistency has "
+                         "nothing to inject; turn capture_kv on in FastDragInvert, or consistency off here")
+    stored, wanted = set(kv.layers), set(sites)
+    if stored != wanted:
+        raise ValueError(f"{node}: kv holds {len(stored)} decoder self-attention layers but this model has "
+                         f"{len(wanted)} ({len(stored - wanted)} stored layers are not in it, e.g. "
+                         f"{sorted(stored - wanted, key=repr)[:2]}): kv from a model with another UNet; connect "
+                         "the same model to FastDragInvert and FastDragSample")
+
+
 class FastDragSample(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -80,7 +94,9 @@ class FastDragSample(io.ComfyNode):
         run = KVRun("inject", kv, sched, KVPolicy(enabled=bool(consistency)))
         lcm_sampling = sm.model_sampling if sm.support.lcm else None
         if consistency:
-            m = patch_model(model, run, decoder_attn1_sites(model, NODE), model_sampling=lcm_sampling)
+            sites = decoder_attn1_sites(model, NODE)
+            check_kv_layers(kv, sites)
+            m = patch_model(model, run, sites, model_sampling=lcm_sampling)
         else:
             m = sm.apply(model)
         if negative is None:

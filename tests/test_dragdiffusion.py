@@ -301,6 +301,37 @@ def test_first_mask_gradient_is_exactly_zero():
                            dd.optimise_latent(forward, z, handles, targets, None, two).z)
 
 
+def test_only_z_gets_a_gradient():
+    """Network weights that require grad (as ComfyUI's UNet weights do) get no gradient and no .grad
+    from the loop, with or without a loss scaler, and the result is the one with frozen weights."""
+    g = torch.Generator().manual_seed(11)
+    conv1, conv2 = torch.nn.Conv2d(4, 6, 3, padding=1), torch.nn.Conv2d(4, 4, 3, padding=1)
+    with torch.no_grad():
+        for p in (*conv1.parameters(), *conv2.parameters()):
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    params = [*conv1.parameters(), *conv2.parameters()]
+
+    def forward(z):
+        feat = F.interpolate(torch.tanh(conv1(z)), size=(2 * z.shape[-2], 2 * z.shape[-1]), mode="bilinear")
+        return z + conv2(z), feat
+
+    z = torch.randn(1, 4, 8, 8, generator=g)
+    handles, targets = torch.tensor([[6.0, 6.0]]), torch.tensor([[6.0, 12.0]])
+    mask = torch.zeros(8, 8, dtype=torch.bool)
+    mask[2:6, 2:7] = True
+    settings = dd.DragSettings(steps=3, lr=0.01, lam=1.0)
+    trainable = dd.optimise_latent(forward, z, handles, targets, mask, settings)
+    assert all(p.requires_grad and p.grad is None for p in params)
+    scaled = dd.optimise_latent(forward, z, handles, targets, mask, settings,
+                                grad_scaler=torch.amp.GradScaler("cpu", init_scale=2.0 ** 8))
+    assert all(p.grad is None for p in params)
+    for p in params:
+        p.requires_grad_(False)
+    frozen = dd.optimise_latent(forward, z, handles, targets, mask, settings)
+    assert trainable.steps_taken == 3 and torch.equal(trainable.z, frozen.z)
+    torch.testing.assert_close(scaled.z, frozen.z, rtol=0, atol=1e-6)
+
+
 def test_handle_on_target_stops_at_once_and_keeps_the_latent():
     forward = toy_model(seed=8, dtype=torch.float32)
     z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(9))

@@ -81,3 +81,34 @@ def test_refused_families_are_named(d, needles):
     assert "FastDrag supports SD1.x, SD2.x (eps and v-prediction) and SDXL-family" in msg, msg
     for needle in needles:
         assert needle in msg, (needle, msg)
+
+
+# -- the DragDiffusion nodes: the same rule without the SDXL family -------------------------------
+
+@pytest.mark.parametrize("d,family,prediction,lcm", [
+    (desc(), "SD15", "eps", False),
+    (desc("SD20", VPRED), "SD20", "v_prediction", False),
+    (desc(sampling=LCM, patched=True), "SD15", "eps", True),  # LCM: plain eps on the full table, as FastDrag
+])
+def test_dragdiffusion_accepts_sd1_and_sd2(d, family, prediction, lcm):
+    assert decide(d, "N", method="DragDiffusion") == Support(family=family, prediction=prediction, lcm=lcm)
+
+
+@pytest.mark.parametrize("d,needles", [
+    (desc("SDXL", EPS, "SDXL", attn1=36), ["this SDXL model is an SDXL-family UNet", "up_blocks[2]",
+                                           "transformer blocks 10-15 of 16", "or FastDrag (FastDragEdit) on this one"]),
+    (desc("SSD1B", VPRED, "SDXL", attn1=24, patched=True), ["SSD-1B (SDXL family) model is an SDXL-family UNet"]),
+    (desc("SDXL", EDM, "SDXL_Playground_2_5", attn1=36), ["continuous-time EDM"]),  # the family rule comes first
+    (desc("SD15", FLOW, patched=True), ["flow-matching sampling", "remove the model sampling node"]),
+])
+def test_dragdiffusion_refusals_name_the_method(d, needles):
+    with pytest.raises(ValueError) as e:
+        decide(d, "DragDiffusionDrag", method="DragDiffusion")
+    msg = str(e.value)
+    assert msg.startswith("DragDiffusionDrag: this "), msg
+    assert "DragDiffusion supports SD1.x and SD2.x (eps and v-prediction) checkpoints" in msg, msg
+    for needle in needles:
+        assert needle in msg, (needle, msg)
+    assert decide(desc(), "N", method="FastDrag").family == "SD15"
+    with pytest.raises(ValueError, match="unknown method"):
+        decide(desc(), "N", method="Other")

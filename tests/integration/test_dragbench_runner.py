@@ -124,13 +124,17 @@ def test_custom_workflow_and_settings(bench_run, server, tmp_path):
 
 
 def test_dragdiffusion_method(bench_run, server, tmp_path):
-    if not server.has_node("DragDiffusionEdit"):
-        pytest.skip("DragDiffusionEdit is not registered in this server (the DragDiffusion nodes are not merged yet)")
     root = bench_run[0]
     out = str(tmp_path / "dd")
     rc, log = run_cli("--dragbench", root, "--method", "dragdiffusion", "--checkpoint", server.add_checkpoint("sd15_layout"),
                       "--url", server.url, "--out", out, "--samples", "art_work", "--limit", "1",
-                      "--set", "steps=10", "--set", "drag_steps=2", "--set", "lora_steps=0")
+                      "--set", "steps=10", "--set", "drag_steps=2", "--set", "lora_steps=1")
     assert rc == 0, log
     s = json.load(open(os.path.join(out, "summary.json")))
     assert s["overall"]["n_samples"] == 1 and not s["failed"], s
+    cat, name = SAMPLES[2][:2]
+    edit = json.load(open(os.path.join(out, cat, name, "edit.json")))
+    assert edit["method"] == "dragdiffusion" and edit["settings"] == {
+        "steps": 10, "strength": 0.7, "drag_steps": 2, "lora_steps": 1, "cfg": 1.0}, edit  # the LoRA step ran too
+    with Image.open(os.path.join(out, cat, name, "dragged_image.png")) as im:
+        assert im.size == (64, 64)

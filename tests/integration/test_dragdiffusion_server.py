@@ -8,11 +8,13 @@ import base64
 import json
 import math
 import os
+import re
 import socket
 import struct
 import threading
 import time
 import urllib.parse
+import uuid
 
 import pytest
 import torch
@@ -61,10 +63,18 @@ def drag_node(latent=("inv", 0), drag=("pts", 0), steps=3, lam=0.1, **extra):
     return {"class_type": "DragDiffusionDrag", "inputs": inputs}
 
 
-def sample_node(latent, reference=("inv", 0), start_layer=10, start_step=0):
+def sample_node(latent, reference=("inv", 0), start_layer=10, start_step=0, model=("ckpt", 0)):
     return {"class_type": "DragDiffusionSample", "inputs": {
-        "model": ["ckpt", 0], "positive": ["pos", 0], "latent": list(latent), "reference": list(reference),
+        "model": list(model), "positive": ["pos", 0], "latent": list(latent), "reference": list(reference),
         "start_step": start_step, "start_layer": start_layer, "cfg": 1.0}}
+
+
+def edit_node(model=("ckpt", 0), drag=("pts", 0), drag_steps=2, lora_steps=0, **extra):
+    """DragDiffusionEdit at the test sizes (10 x 0.7 = 7 steps; a small LoRA when lora_steps > 0)."""
+    return {"class_type": "DragDiffusionEdit", "inputs": {
+        "model": list(model), "vae": ["ckpt", 2], "positive": ["pos", 0], "image": ["img", 0], "drag": list(drag),
+        "steps": 10, "strength": 0.7, "drag_steps": drag_steps, "lora_steps": lora_steps, "cfg": 1.0,
+        "lora_batch_size": 1, "lora_rank": 4, **extra}}
 
 
 def plain_ddim(latent=("inv", 0)):
@@ -184,7 +194,8 @@ def test_drag_runs_and_reports(server, dd_run):
     text = drag_text(server, entry, "drag")
     assert "t=601: 3 iterations, 3 Adam steps" in text, text
     assert "[[11, 10]] ->" in text and "targets [[15, 18]]" in text and "32x32 feature grid" in text
-    assert "inverted to t=601 in 7 steps; 0 K/V entries" in drag_text(server, entry, "inv")  # capture_kv off
+    inv = drag_text(server, entry, "inv")  # capture_kv off: no K/V store, said so (the family part may change)
+    assert re.search(r"inverted to t=601 in 7 steps on [^;]+; K/V capture off; steps=10 strength=0.7", inv), inv
     z0, z = out["inv"]["latent"], out["drag"]["latent"]
     assert z.shape == z0.shape and torch.isfinite(z).all()
     assert out["drag"]["timesteps"] == out["inv"]["timesteps"]  # schedule tag travels on
@@ -267,6 +278,34 @@ def test_handle_on_target_keeps_the_plain_reconstruction(server, dd_run):
     assert float(diff.max()) < 2e-3, float(diff.max())
 
 
+def test_drag_computes_no_weight_gradient(server, outdir):
+    """Only z_t needs a gradient. ComfyUI's UNet weights require grad (inference tensors on the CPU; after
+    a GPU load outside inference mode, ordinary tensors, as FastDragTestTrainableWeights makes them):
+    the drag must neither compute their gradients nor leave a .grad on any of them, and the result is
+    the same."""
+    p = dd_base(server)
+    p["pts"] = points_node(points_json(DRAG, SIZE, SIZE))
+    p["trainable"] = {"class_type": "FastDragTestTrainableWeights", "inputs": {"model": ["ckpt", 0]}}
+    p["drag_t"] = drag_node(steps=2, model=("trainable", 0))
+    p["drag"] = drag_node(steps=2)
+    f = {k: os.path.join(outdir, f"grads_{k}.pt") for k in ("t", "plain", "lt", "lp")}
+    p["g_t"] = {"class_type": "FastDragTestParamGrads", "inputs": {"model": ["trainable", 0], "latent": ["drag_t", 0],
+                                                                  "path": f["t"]}}
+    p["g"] = {"class_type": "FastDragTestParamGrads", "inputs": {"model": ["ckpt", 0], "latent": ["drag", 0],
+                                                                "path": f["plain"]}}
+    p["s_t"] = save_node(f["lt"], latent=("drag_t", 0))
+    p["s"] = save_node(f["lp"], latent=("drag", 0))
+    entry = server.run(p)
+    t, plain = load(f["t"]), load(f["plain"])
+    assert t["total"] == plain["total"] > 100
+    assert t["with_grad"] == 0 and plain["with_grad"] == 0, (t, plain)
+    assert t["requires_grad"] == t["total"] and t["inference"] == 0  # its weights were handed back as they were
+    assert plain["requires_grad"] == plain["total"] == plain["inference"]  # ComfyUI's own, untouched
+    for node in ("drag_t", "drag"):
+        assert "UNet weights requiring grad in the loop: 0 of" in drag_text(server, entry, node)
+    assert torch.equal(load(f["lt"])["latent"], load(f["lp"])["latent"])
+
+
 def test_edit_expands_into_the_stage_graph(dd_run):
     """DragDiffusionEdit (lora_steps 0) = VAEEncode -> FastDragInvert -> DragDiffusionDrag ->
     DragDiffusionSample -> VAEDecode with the same settings."""
@@ -275,24 +314,124 @@ def test_edit_expands_into_the_stage_graph(dd_run):
     assert out["edit"]["image"].shape == (1, SIZE, SIZE, 3)
 
 
-def test_edit_with_lora_when_the_lora_node_is_installed(server, outdir):
-    info = server.get("/object_info/DragDiffusionLoRA")
-    if "DragDiffusionLoRA" not in info:
-        pytest.skip("DragDiffusionLoRA is not registered in this server (built on another branch; "
-                    "this test runs after the merge)")
+def test_edit_with_lora_and_redrag_from_the_cache(server, outdir):
+    """DragDiffusionEdit with the identity LoRA differs from the edit without it. A re-drag (only the points
+    change) takes the LoRA and both inversions from ComfyUI's cache: no LoRA training, no inversion, two
+    drags and samplings (the LoRA node is an output node inside the expansion: it must not re-run)."""
     p = dd_base(server)
     p["pts"] = points_node(points_json(DRAG, SIZE, SIZE))
-    p["edit"] = {"class_type": "DragDiffusionEdit", "inputs": {
-        "model": ["ckpt", 0], "vae": ["ckpt", 2], "positive": ["pos", 0], "image": ["img", 0],
-        "drag": ["pts", 0], "steps": 10, "strength": 0.7, "drag_steps": 2, "lora_steps": 2, "cfg": 1.0,
-        "lora_batch_size": 1, "lora_rank": 4}}
-    p["edit0"] = dict(p["edit"], inputs=dict(p["edit"]["inputs"], lora_steps=0))
+    p["edit"] = edit_node(lora_steps=2)
+    p["edit0"] = edit_node(lora_steps=0)
     f1, f0 = os.path.join(outdir, "lora.pt"), os.path.join(outdir, "nolora.pt")
     p["s1"] = save_node(f1, latent=("edit", 1))
     p["s0"] = save_node(f0, latent=("edit0", 1))
-    server.run(p)
-    a, b = load(f1)["latent"], load(f0)["latent"]
+    runs = []
+    for drag in (DRAG, [((20, 22), (30, 36))]):
+        p["pts"] = points_node(points_json(drag, SIZE, SIZE))
+        before = len(server.log_text())
+        server.run(p)
+        log = server.log_text()[before:]
+        runs.append(({k: log.count(f"[FastDrag] {k}") for k in
+                      ("DragDiffusionLoRA: rank-4 LoRA", "FastDragInvert: inverted", "DragDiffusionDrag: t=601",
+                       "DragDiffusionSample: t=601")}, load(f1)["latent"], load(f0)["latent"]))
+    (first, a, b), (again, a2, b2) = runs
+    print("log lines of the first run:", first, "and of the re-drag:", again)
     assert torch.isfinite(a).all() and not torch.equal(a, b)
+    assert first["DragDiffusionLoRA: rank-4 LoRA"] == 1 and first["FastDragInvert: inverted"] == 2
+    assert again == {"DragDiffusionLoRA: rank-4 LoRA": 0, "FastDragInvert: inverted": 0,
+                     "DragDiffusionDrag: t=601": 2, "DragDiffusionSample: t=601": 2}
+    assert not torch.equal(a, a2) and not torch.equal(b, b2)  # the new points were used
+
+
+def test_lcm_sampling_runs_as_plain_eps(server, outdir):
+    """ModelSamplingDiscrete(lcm) in front of the model: like FastDragInvert, the DragDiffusion nodes (LoRA,
+    drag, sample) run the UNet as the plain eps model on the 1000-step table, so the drag's timestep is
+    the latent's (t = 601) and the whole DragDiffusionEdit equals the one without the LCM node."""
+    p = dd_base(server)
+    p["lcm"] = {"class_type": "ModelSamplingDiscrete", "inputs": {"model": ["ckpt", 0], "sampling": "lcm",
+                                                                 "zsnr": False}}
+    p["pts"] = points_node(points_json(DRAG, SIZE, SIZE))
+    p["e"] = edit_node(lora_steps=1)
+    p["e_lcm"] = edit_node(model=("lcm", 0), lora_steps=1)
+    f = {k: os.path.join(outdir, f"{k}.pt") for k in ("e", "e_lcm")}
+    for k in f:
+        p["s_" + k] = save_node(f[k], latent=(k, 1))
+        p["p_" + k] = {"class_type": "PreviewAny", "inputs": {"source": [k, 2]}}
+    before = len(server.log_text())
+    entry = server.run(p)
+    log = server.log_text()[before:]
+    plain, lcm = load(f["e"])["latent"], load(f["e_lcm"])["latent"]
+    assert torch.equal(plain, lcm), float((plain - lcm).abs().max())
+    assert entry["outputs"]["p_e"]["text"] == entry["outputs"]["p_e_lcm"]["text"]  # same tracked points
+    note = "LCM sampling detected: FastDrag runs the UNet as a plain eps model on the 1000-step DDIM schedule"
+    for node in ("FastDragInvert", "DragDiffusionDrag", "DragDiffusionSample"):
+        assert log.count(f"{node}: {note}") == 1, (node, log[-3000:])
+    assert log.count("DragDiffusionDrag: t=601:") == 2
+
+
+@pytest.mark.parametrize("case", ["edm_drag", "flow_sample"])
+def test_other_families_are_refused_before_any_work(server, case):
+    """The model rule of the DragDiffusion nodes is the FastDrag nodes' one without SDXL: EDM and flow
+    sampling are refused by name before any UNet call of the node (SDXL and SD2.x-v:
+    test_model_families.py, where those models are loaded anyway)."""
+    p = dd_base(server)
+    p["pts"] = points_node(points_json(DRAG, SIZE, SIZE))
+    if case == "edm_drag":
+        p["ms"] = {"class_type": "ModelSamplingContinuousEDM", "inputs": {
+            "model": ["ckpt", 0], "sampling": "eps", "sigma_max": 120.0, "sigma_min": 0.002}}
+        p["x"] = drag_node(model=("ms", 0))
+        expect = ("DragDiffusionDrag", "DragDiffusionDrag: this SD1.x model uses continuous-time EDM sampling")
+    elif case == "flow_sample":
+        p["ms"] = {"class_type": "ModelSamplingSD3", "inputs": {"model": ["ckpt", 0], "shift": 3.0}}
+        p["x"] = sample_node(("inv", 0), model=("ms", 0))
+        expect = ("DragDiffusionSample", "DragDiffusionSample: this SD1.x model uses flow-matching sampling")
+    p["out"] = {"class_type": "PreviewAny", "inputs": {"source": ["x", 0]}}
+    before = len(server.log_text())
+    with pytest.raises(PromptError) as exc:
+        server.run(p)
+    log = server.log_text()[before:]
+    err = exc.value
+    assert (err.node_id, err.node_type) == ("x", expect[0]) and expect[1] in err.message, err.message
+    assert "DragDiffusion supports SD1.x and SD2.x (eps and v-prediction) checkpoints" in err.message, err.message
+    for line in ("DragDiffusionDrag: t=", "DragDiffusionSample: t="):
+        assert line not in log, line
+
+
+def test_reference_control_chains_another_packs_attn1_replace(server, outdir):
+    """Another pack's attn1 replace on the decoder layers (per site or per block) keeps running under
+    DragDiffusionSample: on the controlled layers (blocks 10-15 = output blocks 6-11) it is chained and
+    receives the K/V the control chose (the edited half's K = the reference half's), on the others its
+    own; the result equals the sampling without it (it computes plain attention)."""
+    p = dd_base(server)
+    p["pts"] = points_node(points_json(DRAG, SIZE, SIZE))
+    p["warp"] = {"class_type": "FastDragWarp", "inputs": {"latent": ["inv", 0], "drag": ["pts", 0],
+                                                          "handle_on_cell": "paper"}}
+    p["fill"] = {"class_type": "FastDragBNNI", "inputs": {"latent": ["warp", 0], "null_mask": ["warp", 1],
+                                                          "fill": "bnni"}}
+    p["s_plain"] = sample_node(("fill", 0))
+    f = {"plain": os.path.join(outdir, "plain.pt")}
+    p["save_plain"] = save_node(f["plain"], latent=("s_plain", 0))
+    for mode in ("site", "block"):
+        tag = f"dd-{mode}-{uuid.uuid4().hex[:8]}"
+        f[mode], f[mode + "_calls"] = os.path.join(outdir, f"{mode}.pt"), os.path.join(outdir, f"{mode}_calls.pt")
+        p["o_" + mode] = {"class_type": "FastDragTestAttn1Replace", "inputs": {"model": ["ckpt", 0], "tag": tag,
+                                                                              "mode": mode, "scale": 1.0}}
+        p["s_" + mode] = sample_node(("fill", 0), model=("o_" + mode, 0))
+        p["r_" + mode] = {"class_type": "FastDragTestAttn1Report", "inputs": {"latent": ["s_" + mode, 0],
+                                                                             "tag": tag, "path": f[mode + "_calls"]}}
+        p["save_" + mode] = save_node(f[mode], latent=("s_" + mode, 0))
+    entry = server.run(p)
+    plain = load(f["plain"])["latent"]
+    for mode in ("site", "block"):
+        calls = load(f[mode + "_calls"])
+        assert calls["calls"] == 9 * 7, calls["calls"]  # 9 decoder self-attention layers x 7 steps
+        controlled = [eq for blk, eq in zip(calls["blocks"], calls["k_halves_equal"]) if blk[1] >= 6]
+        free = [eq for blk, eq in zip(calls["blocks"], calls["k_halves_equal"]) if blk[1] < 6]
+        assert len(controlled) == 6 * 7 and all(controlled), (mode, controlled)
+        assert len(free) == 3 * 7 and not any(free), (mode, free)
+        assert torch.equal(load(f[mode])["latent"], plain), mode
+        text = drag_text(server, entry, "s_" + mode)
+        assert "42 controlled attention calls" in text and "hid the control" not in text, text
 
 
 def test_mixed_graph_fastdrag_warp_then_dragdiffusion(server, outdir):
@@ -342,8 +481,7 @@ def test_cancel_stops_within_an_iteration(server):
     assert stopped_after < 1.5 * per_iter + 1.0, (stopped_after, per_iter)
 
 
-@pytest.mark.parametrize("case", ["no_tag", "no_tag_sample", "outside", "empty_mask", "tiny_mask", "steps0",
-                                  "lora_missing"])
+@pytest.mark.parametrize("case", ["no_tag", "no_tag_sample", "outside", "empty_mask", "tiny_mask", "steps0"])
 def test_bad_input_names_node_and_value(server, case):
     p = dd_base(server)
     p["pts"] = points_node(points_json(DRAG, SIZE, SIZE))
@@ -368,14 +506,9 @@ def test_bad_input_names_node_and_value(server, case):
         p.update(mask_nodes(1, 1, 1, 1))  # one pixel: no latent cell by the nearest rule
         p["pts"] = points_node(points_json(DRAG, SIZE, SIZE), mask=("mask", 0))
         p["drag"] = drag_node()
-        expect_type, pattern = "DragDiffusionDrag", "DragDiffusionDrag: the mask (1 px) covers no latent cell"
-    elif case == "lora_missing":
-        if "DragDiffusionLoRA" in server.get("/object_info/DragDiffusionLoRA"):
-            pytest.skip("DragDiffusionLoRA is installed here")
-        p["drag"] = {"class_type": "DragDiffusionEdit", "inputs": {
-            "model": ["ckpt", 0], "vae": ["ckpt", 2], "positive": ["pos", 0], "image": ["img", 0],
-            "drag": ["pts", 0], "steps": 10, "strength": 0.7, "drag_steps": 2, "lora_steps": 5, "cfg": 1.0}}
-        expect_type, pattern = "DragDiffusionEdit", "DragDiffusionEdit: lora_steps=5 needs the DragDiffusionLoRA node"
+        # refused where the points are made, before any UNet call (the shared validation of FastDragPoints)
+        expect_node, expect_type = "pts", "FastDragPoints"
+        pattern = "FastDragPoints: the mask (1 px) covers no latent cell of the 8x8 grid"
     else:
         p["drag"] = drag_node(steps=0)
         expect_type = "DragDiffusionDrag"
@@ -419,17 +552,16 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
     return prompt
 
 
-@pytest.mark.parametrize("name", ["dragdiffusion.json", "dragdiffusion_fastdrag_mix.json"])
+@pytest.mark.parametrize("name", ["DragDiffusion edit in one node.json", "FastDrag warp then DragDiffusion.json"])
 def test_shipped_workflow_runs(server, outdir, name):
-    """The shipped UI workflow, converted as the front end does, runs on the tiny model (smaller
-    settings: 10 DDIM steps, 2 drag iterations, no LoRA before the LoRA node is merged)."""
+    """The shipped UI workflow, converted as the front end does, runs on the tiny model with smaller
+    settings (10 DDIM steps, 2 drag iterations, 2 LoRA steps of batch 1); it ships the official ones."""
     with open(os.path.join(WORKFLOWS, name)) as f:
         wf = json.load(f)
     types = {n["type"] for n in wf["nodes"]} - {"Note"}
     info = {t: server.get(f"/object_info/{t}")[t] for t in types}
     prompt = ui_to_api(wf, info)
     dd_base(server)  # test checkpoint and image
-    lora = "DragDiffusionLoRA" in server.get("/object_info/DragDiffusionLoRA")
     for node in prompt.values():
         i, t = node["inputs"], node["class_type"]
         if t == "CheckpointLoaderSimple":
@@ -439,13 +571,20 @@ def test_shipped_workflow_runs(server, outdir, name):
         elif t == "FastDragPoints":
             i["points"] = points_json(DRAG, SIZE, SIZE)
         elif t == "FastDragInvert":
+            assert (i["steps"], i["strength"], i["capture_kv"]) == (50, 0.7, False), i
             i["steps"] = 10
         elif t == "DragDiffusionDrag":
             i["steps"] = 2
         elif t == "DragDiffusionEdit":
-            i.update(steps=10, drag_steps=2, lora_steps=2 if lora else 0, lora_batch_size=1)
+            assert (i["steps"], i["strength"], i["drag_steps"], i["lora_steps"], i["lora_batch_size"]) == (50, 0.7, 80, 80, 4)
+            i.update(steps=10, drag_steps=2, lora_steps=2, lora_batch_size=1)
         elif t == "SaveImage":
             i["filename_prefix"] = "dd_wf"
+    before = len(server.log_text())
     entry = server.run(prompt)
     images = [o for o in entry["outputs"].values() if o.get("images")]
     assert images, entry["outputs"]
+    log = server.log_text()[before:]
+    assert log.count("DragDiffusionDrag: t=601") == 1
+    if "DragDiffusionEdit" in types:  # the LoRA step ran
+        assert log.count("DragDiffusionLoRA: rank-16 LoRA on 128 attention projections, 2 steps x batch 1") == 1, log

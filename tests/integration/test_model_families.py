@@ -229,3 +229,43 @@ def test_example_workflow_runs_and_edits(family_run):
     assert r["wf"]["latent"].shape == (1, 4, SIZE // 8, SIZE // 8)
     images = [img for out in entry["outputs"].values() for img in out.get("images", [])]
     assert len(images) == 1 and images[0]["filename"].startswith("FastDrag_SDXL"), entry["outputs"]
+
+
+def test_dragdiffusion_on_the_family(server, family_run, tmp_path):
+    """DragDiffusion on the family's model, from the fixture's inversion (cached): SD2.x-v runs the drag and
+    the reference-controlled sampling (v-prediction, discrete); SDXL is refused by DragDiffusionEdit by name,
+    before its LoRA training and its inversion."""
+    kind, _, _ = family_run
+    p = family_base(server.add_checkpoint(kind))
+    p["pts"] = points_node(points_json([((20, 22), (36, 30))], SIZE, SIZE))
+    before = len(server.log_text())
+    if kind == "sdxl":
+        p["edit"] = {"class_type": "DragDiffusionEdit", "inputs": {
+            "model": ["ckpt", 0], "vae": ["ckpt", 2], "positive": ["pos", 0], "image": ["img", 0],
+            "drag": ["pts", 0], "steps": 10, "strength": 0.7, "drag_steps": 80, "lora_steps": 80, "cfg": 1.0}}
+        p["out"] = {"class_type": "PreviewAny", "inputs": {"source": ["edit", 2]}}
+        with pytest.raises(PromptError) as e:
+            server.run(p)
+        msg = e.value.message
+        assert e.value.node_type == "DragDiffusionEdit", msg
+        assert "DragDiffusionEdit: this SDXL model is an SDXL-family UNet" in msg and "up_blocks[2]" in msg, msg
+        assert "DragDiffusion supports SD1.x and SD2.x (eps and v-prediction) checkpoints" in msg, msg
+        log = server.log_text()[before:]
+        assert "DragDiffusionLoRA" not in log and "FastDragInvert: inverted" not in log, log
+        return
+    p["inv"] = invert_node(steps=STEPS, strength=STRENGTH)
+    p["inv"]["inputs"]["kv_device"] = "auto"  # the fixture's inversion, from the cache
+    p["drag"] = {"class_type": "DragDiffusionDrag", "inputs": {
+        "model": ["ckpt", 0], "positive": ["pos", 0], "latent": ["inv", 0], "drag": ["pts", 0], "steps": 2,
+        "learning_rate": 0.01, "lam": 0.1, "r_m": 1, "r_p": 3}}
+    p["samp"] = {"class_type": "DragDiffusionSample", "inputs": {
+        "model": ["ckpt", 0], "positive": ["pos", 0], "latent": ["drag", 0], "reference": ["inv", 0],
+        "start_step": 0, "start_layer": 10, "cfg": 1.0}}
+    path = str(tmp_path / "dd.pt")
+    p["save"] = save_node(path, latent=("samp", 0))
+    entry = server.run(p)
+    assert "FastDragInvert: inverted" not in server.log_text()[before:]
+    assert " ".join(server.texts(entry, "drag")).startswith("t=201: 2 iterations, 2 Adam steps")
+    text = " ".join(server.texts(entry, "samp"))
+    assert text.startswith("t=201 -> 0 in 3 steps on SD2.x, v_prediction; reference control on blocks 10-"), text
+    assert torch.isfinite(load(path)["latent"]).all()

@@ -326,6 +326,37 @@ def test_kv_from_another_schedule(server):
     assert "another schedule" in e.value.message and "steps=20" in e.value.message, e.value.message
 
 
+def test_empty_kv_with_consistency_is_refused(server):
+    """K/V captured with capture_kv off hold nothing: FastDragSample must not silently run plain DDIM."""
+    p = base(server.ckpt_name)
+    p["inv"] = invert_node(steps=4, strength=0.5)
+    p["inv"]["inputs"]["capture_kv"] = False
+    p["s"] = sample_node(("inv", 0), ("inv", 1))
+    p["save"] = save_node("/nonexistent/never.pt", latent=("s", 0))
+    with pytest.raises(PromptError) as e:
+        server.run(p)
+    assert e.value.node_type == "FastDragSample"
+    assert "kv is empty" in e.value.message and "capture_kv" in e.value.message, e.value.message
+    p["s"] = sample_node(("inv", 0), ("inv", 1), consistency=False)  # without consistency it is plain DDIM: fine
+    p["save"] = save_node(os.path.join(server.base, "empty_kv_off.pt"), latent=("s", 0))
+    server.run(p)
+
+
+def test_kv_from_another_unet_is_refused(server):
+    """Same latent size and schedule, but K/V of another UNet's decoder layers (SD1.5 layout: 9, the
+    harness's tiny SD1.5: 4): refused by name instead of sampling with misses."""
+    p = base(server.ckpt_name)
+    p["other"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": server.add_checkpoint("sd15_layout")}}
+    p["inv"] = invert_node(steps=4, strength=0.5)
+    p["inv_other"] = invert_node(model=("other", 0), steps=4, strength=0.5)
+    p["s"] = sample_node(("inv", 0), ("inv_other", 1))
+    p["save"] = save_node("/nonexistent/never.pt", latent=("s", 0))
+    with pytest.raises(PromptError) as e:
+        server.run(p)
+    assert e.value.node_type == "FastDragSample"
+    assert "another UNet" in e.value.message and "9 decoder self-attention layers" in e.value.message, e.value.message
+
+
 def test_drag_of_another_image(server):
     p = base(server.ckpt_name)
     p["small"] = {"class_type": "ImageScale", "inputs": {"image": ["img", 0], "upscale_method": "nearest-exact",

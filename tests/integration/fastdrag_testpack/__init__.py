@@ -169,7 +169,8 @@ class FastDragTestMakeControlNet:
         return {"ui": {"text": [f"{path}: {len(sd)} tensors"]}}
 
 
-# Calls of FastDragTestAttn1Replace patches, by tag: {tag: {"calls": int, "k_sums": [float, ...]}}.
+# Calls of FastDragTestAttn1Replace patches, by tag: {tag: {"calls": int, "k_sums": [float, ...],
+# "blocks": [(block name, id), ...], "k_halves_equal": [bool, ...]}} (per call; halves of the batch).
 # Module-level on purpose (test pack only): the patches are deep-copied by ModelPatcher.clone and the
 # report node must read what every copy counted.
 ATTN1_CALLS = {}
@@ -178,7 +179,9 @@ ATTN1_CALLS = {}
 class FastDragTestAttn1Replace:
     """Another pack's attn1 replace on every decoder self-attention layer, as packs install them:
     ``site`` = (block, id, transformer_index) keys, ``block`` = (block, id) keys. It computes plain
-    attention times ``scale`` and counts its calls (and the sum of the K it was given) under ``tag``."""
+    attention times ``scale`` and counts its calls under ``tag``, with the sum of the K it was given, the
+    block it ran in, and whether the two halves of the batch got equal K (DragDiffusionSample's
+    [reference, edited] batch)."""
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -192,11 +195,14 @@ class FastDragTestAttn1Replace:
     def run(self, model, tag, mode, scale):
         from comfy.ldm.modules.attention import SpatialTransformer, optimized_attention
 
-        record = ATTN1_CALLS.setdefault(tag, {"calls": 0, "k_sums": []})
+        record = ATTN1_CALLS.setdefault(tag, {"calls": 0, "k_sums": [], "blocks": [], "k_halves_equal": []})
 
         def replace(q, k, v, extra_options):
             record["calls"] += 1
             record["k_sums"].append(float(k.double().sum()))
+            record["blocks"].append(tuple(extra_options.get("block", ())))
+            half = k.shape[0] // 2
+            record["k_halves_equal"].append(bool(k.shape[0] % 2 == 0 and torch.equal(k[:half], k[half:])))
             return optimized_attention(q, k, v, extra_options["n_heads"]) * scale
 
         m = model.clone()
@@ -226,8 +232,8 @@ class FastDragTestAttn1Report:
     CATEGORY = "FastDragTest"
 
     def run(self, latent, tag, path):
-        rec = ATTN1_CALLS.get(tag, {"calls": 0, "k_sums": []})
-        return _save(path, {"calls": rec["calls"], "k_sums": list(rec["k_sums"])})
+        rec = ATTN1_CALLS.get(tag, {"calls": 0, "k_sums": [], "blocks": [], "k_halves_equal": []})
+        return _save(path, {k: (list(v) if isinstance(v, list) else v) for k, v in rec.items()})
 
 
 NODE_CLASS_MAPPINGS = {

@@ -1,5 +1,6 @@
 """Test-only nodes for DragDiffusion: a float64 reference of the first drag step with the UNet called
-directly, and a forward + backward timer for the benchmark. Never shipped.
+directly, a forward + backward timer for the benchmark, and the UNet-weight gradient probes (a model
+whose weights require grad as after a GPU load, and a report of the weights' gradients). Never shipped.
 
 The reference shares no code with the pack: features are read with a forward hook on the last
 layer of the output block that ends diffusers' ``up_blocks[2]``, the motion-supervision loss is
@@ -151,7 +152,60 @@ class FastDragTestUNetFwdBwd:
         return {"ui": {"text": [f"unet forward+backward median {med:.4f} s over {runs} runs"]}}
 
 
+class FastDragTestTrainableWeights:
+    """The model with its UNet replaced (object patch on a clone; the checkpoint's model is untouched) by
+    a copy whose weights are ordinary tensors that require grad: the state ComfyUI's UNet is in after
+    it is moved to a GPU outside inference mode (``Module.to`` keeps ``requires_grad=True`` and the new
+    tensors are no longer inference tensors), which a CPU run never reaches. For the gradient checks
+    of DragDiffusionDrag."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL",)}}
+
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "run"
+    CATEGORY = "FastDragTest"
+
+    def run(self, model):
+        with torch.inference_mode(False):
+            dm = copy.deepcopy(model.get_model_object("diffusion_model"))
+            for mod in dm.modules():
+                for name, p in list(mod._parameters.items()):
+                    if p is not None:
+                        mod._parameters[name] = torch.nn.Parameter(p.detach().clone(), requires_grad=True)
+        assert all(p.requires_grad and not p.is_inference() for p in dm.parameters())
+        m = model.clone()
+        m.add_object_patch("diffusion_model", dm)
+        return (m,)
+
+
+class FastDragTestParamGrads:
+    """After ``latent`` is computed, saves how many parameters of ``model``'s UNet (object patches
+    honoured) hold a ``.grad``, require grad, or are inference tensors."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL",), "latent": ("LATENT",), "path": ("STRING", {"default": ""})}}
+
+    RETURN_TYPES = ()
+    FUNCTION = "run"
+    OUTPUT_NODE = True
+    CATEGORY = "FastDragTest"
+
+    def run(self, model, latent, path):
+        params = list(model.get_model_object("diffusion_model").parameters())
+        info = {"total": len(params), "with_grad": sum(p.grad is not None for p in params),
+                "requires_grad": sum(p.requires_grad for p in params),
+                "inference": sum(p.is_inference() for p in params)}
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        torch.save(info, path)
+        return {"ui": {"text": [json.dumps(info)]}}
+
+
 NODE_CLASS_MAPPINGS = {
     "FastDragTestDDFirstStep": FastDragTestDDFirstStep,
     "FastDragTestUNetFwdBwd": FastDragTestUNetFwdBwd,
+    "FastDragTestTrainableWeights": FastDragTestTrainableWeights,
+    "FastDragTestParamGrads": FastDragTestParamGrads,
 }
