@@ -532,7 +532,6 @@ async def examples_scenario(cdp, args, R):
         await asyncio.sleep(0.5)
         await shoot(cdp, args, f"workflow_{name}.png")
         if args.thumbnails:  # the whole graph, fitted into the view, 512 px wide, without the minimap
-            await cdp.js("Promise.resolve(app.extensionManager.setting.set('Comfy.Minimap.Visible', false)).then(() => true)")
             clip = await cdp.js("""(() => { const ns = app.graph.nodes, t = LiteGraph.NODE_TITLE_HEIGHT, ds = app.canvas.ds;
               let x0 = 1e9, y0 = 1e9, x1 = -1e9, y1 = -1e9;
               for (const n of ns) { x0 = Math.min(x0, n.pos[0]); y0 = Math.min(y0, n.pos[1] - t);
@@ -633,7 +632,6 @@ async def upstream_scenario(cdp, args, R):
     R["pending_after_click"] = await cdp.js(f"{ED}.pending")
     await cdp.key("Escape", "Escape", 27)
     entry = await queue_and_wait(cdp, args)
-    R["t_second_run_done"] = time.time()
     R["second_run"] = {"status": entry and entry["status"].get("status_str"), "error": error_message(entry)}
     # rewire: another size upstream -> the shown picture is stale until the next run
     await asyncio.sleep(0.5)
@@ -689,7 +687,6 @@ async def dragbench_scenario(cdp, args, R):
     R["before_run"] = await cdp.js(facts)
     entry = await queue_and_wait(cdp, args)
     R["first_run"] = {"status": entry and entry["status"].get("status_str"), "error": error_message(entry)}
-    R["t_first_run_done"] = time.time()
     try:
         await cdp.wait(f"{ED}.image && {ED}.runPoints && {ED}.imageRef.type === 'temp'", timeout=10)
     except TimeoutError:
@@ -719,7 +716,6 @@ async def dragbench_scenario(cdp, args, R):
     await asyncio.sleep(0.2)
     R["after_edit"] = await cdp.js(facts)
     entry = await queue_and_wait(cdp, args)
-    R["t_second_run_done"] = time.time()
     R["second_run"] = {"status": entry and entry["status"].get("status_str"), "error": error_message(entry),
                        "text": entry and [t for out in entry["outputs"].values() for t in out.get("text", [])]}
     await shoot(cdp, args, "dragbench_copied.png", node=True)
@@ -729,14 +725,29 @@ async def dragbench_scenario(cdp, args, R):
         await ctrl_z(cdp)
         try:
             await cdp.wait("(() => { const n = app.graph.nodes.find(n => n.type === 'FastDragPoints');"
-                           " return n && n !== window.__fd && n.fastdragEditor && n.fastdragEditor.image; })()", timeout=10)
+                           " return !!(n && n !== window.__fd && n.fastdragEditor && n.fastdragEditor.image); })()",
+                           timeout=10)
         except TimeoutError:
             pass
         await find_node(cdp)
         await asyncio.sleep(0.2)
         R[step] = await cdp.js(facts)
-        R[step]["t"] = time.time()
         R[step]["picture"] = await cdp.js(f"{ED}.imageRef && {ED}.imageRef.type")
+    # the front end's own Primitive node into `points` (it copies its text into the widget, the node
+    # gets it inline): shown at once, before any run, read-only; Copy to widget keeps it as the node's own
+    prim = json.dumps({"version": 1, "width": 96, "height": 80, "drags": [{"handle": [40, 30], "target": [52, 36]}]})
+    await cdp.js("""(() => { const g = app.graph, fd = g.nodes.find(n => n.type === 'FastDragPoints');
+      const p = LiteGraph.createNode('PrimitiveNode'); p.pos = [40, 420]; g.add(p);
+      p.connect(0, fd, fd.inputs.findIndex(i => i.name === 'points')); window.__fd = fd; window.__prim = p;
+      return true; })()""")
+    await asyncio.sleep(0.3)
+    await cdp.js(f"""(() => {{ const w = window.__prim.widgets[0]; w.value = {json.dumps(prim)}; w.callback?.(w.value);
+      app.canvas.setDirty(true, true); return true; }})()""")
+    await asyncio.sleep(0.4)
+    R["primitive"] = await cdp.js(facts)
+    await cdp.click(*await center(cdp, "copyButton"))
+    await asyncio.sleep(0.3)
+    R["primitive_copied"] = await cdp.js(facts)
 
 
 async def ctrl_z(cdp):
@@ -818,6 +829,8 @@ async def main_async(args):
                 await cdp.call("Emulation.setDeviceMetricsOverride", width=1400, height=1000, deviceScaleFactor=1,
                                mobile=False)
                 try:
+                    if args.thumbnails:  # the minimap reads its setting when the app starts
+                        await set_setting(args, "Comfy.Minimap.Visible", False)
                     await open_app(cdp, args.url)
                 except Exception:
                     R["errors"].append(traceback.format_exc())

@@ -409,6 +409,14 @@ def test_dragbench_points_open_in_the_editor(ui):
     undo = S["undo_copy"]
     assert undo["linked"] and undo["points_link"] is not None and undo["state_linked"] and undo["copy_shown"], undo
     assert undo["widget"] == before["widget"] and undo["drags"] == [] and "run the graph once" in undo["status"], undo
+    # a Primitive node's text (the front end copies it into the widget): drawn before any run, read-only
+    prim = [{"handle": [40, 30], "target": [52, 36]}]
+    p = S["primitive"]
+    assert p["linked"] and p["state_linked"] and p["drags"] == prim and p["copy_shown"], p
+    assert "1 drag from a Primitive node (read-only" in p["status"], p
+    p = S["primitive_copied"]
+    assert not p["linked"] and p["points_link"] is None and json.loads(p["widget"])["drags"] == prim, p
+    assert p["drags"] == prim and not p["state_linked"], p
 
 
 def test_vue_nodes_canvas_grows_with_the_node(ui):

@@ -259,8 +259,20 @@ class DragEditor {
   /** The points the editor shows: the widget's, or when `points` is linked, those the node used in
    *  its last run ("" before any run). */
   sourceText() {
-    if (!this.pointsLinked()) return this.text;
+    if (!this.pointsLinked() || this.primitiveLinked()) return this.text;
     return this.runPointsFrom ? (this.runPoints ?? "") : "";  // a run on the widget's points shows nothing here
+  }
+
+  /** `points` is fed by the front end's own Primitive node (not a node that runs): it copies its value
+   *  into this node's widget (on every change and when queued), so the widget's text is what the node
+   *  gets, known before any run; editing it here would be overwritten, so it is read-only too. */
+  primitiveLinked() {
+    return upstream(this.node, POINTS_WIDGET)?.node?.type === "PrimitiveNode";
+  }
+
+  /** The linked drags are known: a Primitive node's, or those the node got in its last run. */
+  linkedKnown() {
+    return this.primitiveLinked() || (this.runPoints != null && !!this.runPointsFrom);
   }
 
   /** Current drags, in the current image's pixels (scaled when placed on another size); `linked`
@@ -378,12 +390,12 @@ class DragEditor {
   copyLinkedToWidget() {
     const slot = this.node.inputs?.findIndex((i) => i.name === POINTS_WIDGET) ?? -1;
     if (slot < 0 || this.node.inputs[slot].link == null || !this.pointsWidget) return;
-    if (this.runPoints == null || !this.runPointsFrom) {
+    if (!this.linkedKnown()) {
       this.notice = "run the graph once first: the node then sends the drags it got from the link";
       this.draw();
       return;
     }
-    const text = this.runPoints;
+    const text = this.primitiveLinked() ? this.text : this.runPoints;
     this.recordChange(() => {
       this.node.disconnectInput(slot);
       this.pointsWidget.value = text;
@@ -419,7 +431,7 @@ class DragEditor {
       if (!first || linked) this.showPointsRow();
       this.draw();
     }
-    const pointsStale = linked && this.runPoints != null && !!this.runPointsFrom &&
+    const pointsStale = linked && !this.primitiveLinked() && this.runPoints != null && !!this.runPointsFrom &&
       this.runPointsKey !== upstreamKey(this.node, POINTS_WIDGET);
     if (pointsStale !== this.pointsStale) { this.pointsStale = pointsStale; this.draw(); }
 
@@ -913,9 +925,12 @@ class DragEditor {
     parts.push(`${L.W}×${L.H}`);
     if (!s.linked) {
       parts.push(`${n} drag${n === 1 ? "" : "s"}`);
-    } else if (this.runPoints == null || !this.runPointsFrom) {
+    } else if (!this.linkedKnown()) {
       parts.push(this.runError ? `points come from a link; the node refused them in the last run: ${this.runError}`
         : "points come from a link: run the graph once and the drags the node gets are shown here (read-only)");
+    } else if (this.primitiveLinked()) {
+      parts.push(`${n} drag${n === 1 ? "" : "s"} from a Primitive node (read-only here: edit them there, or ` +
+                 "'Copy to widget' to edit them here)");
     } else {
       parts.push(`${n} drag${n === 1 ? "" : "s"} from the link (read-only: what the node used in the last run; ` +
                  "'Copy to widget' to edit them here)");
