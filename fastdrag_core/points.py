@@ -328,16 +328,3 @@ def check_drag(points: DragPoints, image_hw, mask=None) -> LatentDrag:
                              f"{latent_hw[1]}x{latent_hw[0]} grid (one cell per 8x8 px); paint a larger editable region")
     return LatentDrag(points, image_points_to_latent(handles, (kept_h, kept_w)),
                       image_points_to_latent(targets, (kept_h, kept_w)), lat_mask, image_mask, crop)
-
-
-def drag_to_latent(points: DragPoints, mask, image_hw):
-    """Drag points and mask of an image -> the latent grid VAEEncode makes of it (:func:`check_drag`).
-
-    Returns:
-        (handles, targets) float32 [N, 2] latent-grid (x, y), and the bool [h, w] latent mask (or None
-        when ``mask`` is None).
-    Raises:
-        ValueError: see :func:`check_drag`.
-    """
-    checked = check_drag(points, image_hw, mask)
-    return checked.handles, checked.targets, (None if mask is None else checked.mask)

@@ -46,6 +46,7 @@ from comfy.weight_adapter.lora import LoraDiff
 from comfy_extras.nodes_train import TrainGuider, process_cond_list
 
 from ..fastdrag_core import lora as core
+from .invert import check_latent
 from .model_support import supported_model
 from .types import LATENT_TAG
 
@@ -81,12 +82,9 @@ def check_model(model, node: str = NODE) -> tuple[object, str]:
     return ms, prediction
 
 
-def check_latent(latent, model, node: str = NODE) -> torch.Tensor:
-    """The clean [1, C, h, w] latent of one image, with C the model's latent channels."""
-    samples = latent.get("samples") if isinstance(latent, dict) else None
-    if not isinstance(samples, torch.Tensor) or samples.dim() != 4 or samples.is_nested:
-        shape = list(samples.shape) if isinstance(samples, torch.Tensor) and not samples.is_nested else None
-        raise ValueError(f"{node}: latent must be an image LATENT [1, C, H, W] (VAEEncode), got {shape}")
+def check_clean_latent(latent, model, node: str = NODE) -> torch.Tensor:
+    """The clean [1, C, h, w] latent of one image (VAEEncode), with C the model's latent channels."""
+    samples = check_latent(latent, node)
     if LATENT_TAG in latent:
         raise ValueError(f"{node}: this latent comes from FastDragInvert (noisy, at an edit timestep); the "
                          "LoRA trains on the clean latent of the image: connect the VAEEncode output")
@@ -479,7 +477,7 @@ class DragDiffusionLoRA(io.ComfyNode):
         except ValueError as e:
             raise ValueError(f"{NODE}: {e}") from None
         save_name = (save_name or "").strip()
-        samples = check_latent(latent, model)
+        samples = check_clean_latent(latent, model)
         check_model(model)
         if not positive:
             raise ValueError(f"{NODE}: positive conditioning is empty; connect a CLIPTextEncode of the prompt")

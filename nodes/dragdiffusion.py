@@ -31,7 +31,7 @@ import comfy.utils
 
 from ..fastdrag_core import dragdiffusion as dd
 from ..fastdrag_core import points as core_points
-from .invert import check_latent
+from .invert import check_latent, check_model_schedule
 from .model_support import SupportedModel, supported_model
 from .patches import zero_conditioning
 from .types import LATENT_TAG, DragSpec, FastDragDrag
@@ -65,13 +65,6 @@ def latent_schedule(latent, node: str, name: str = "latent"):
                          "the latent output of FastDragInvert (or of FastDragWarp / FastDragBNNI after it), "
                          "not a plain VAEEncode / KSampler latent")
     return sched
-
-
-def check_model_schedule(ms, sched, node: str):
-    for t, s in zip(sched.timesteps, sched.sigmas):
-        if not math.isclose(float(ms.sigmas[t]), s, rel_tol=1e-4):
-            raise ValueError(f"{node}: the model's sigma at t={t} is {float(ms.sigmas[t]):.5f} but the latent was "
-                             f"inverted at {s:.5f}: the latent comes from a model with another noise schedule")
 
 
 @dataclass(frozen=True)

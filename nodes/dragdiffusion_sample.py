@@ -17,8 +17,8 @@ import comfy.sample
 import comfy.utils
 
 from ..fastdrag_core.dragdiffusion_attn import ReferenceAttention
-from .dragdiffusion import check_model_schedule, dd_supported_model, latent_schedule
-from .invert import check_latent, warn_noise_mask
+from .dragdiffusion import dd_supported_model, latent_schedule
+from .invert import check_latent, check_model_schedule, warn_noise_mask
 from .patches import DDIM_SAMPLER, ReferenceRun, attn1_sites_in_call_order, patch_model_reference, zero_conditioning
 from .types import LATENT_TAG
 

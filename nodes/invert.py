@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 from comfy_api.latest import io, ui
@@ -36,10 +37,20 @@ def edit_schedule(ms, steps: int, strength: float, latent_shape, node: str = NOD
                       strength=float(strength), latent_shape=tuple(int(d) for d in latent_shape))
 
 
+def check_model_schedule(ms, sched: KVSchedule, node: str, what: str = "the latent was inverted") -> None:
+    """The model's σ_t at each of the schedule's timesteps must be the σ the schedule was made with
+    (a latent or K/V from a model with another noise schedule would be denoised at wrong noise levels)."""
+    for t, s in zip(sched.timesteps, sched.sigmas):
+        if not math.isclose(float(ms.sigmas[t]), s, rel_tol=1e-4):
+            raise ValueError(f"{node}: the model's sigma at t={t} is {float(ms.sigmas[t]):.5f} but {what} "
+                             f"at {s:.5f}: it comes from a model with another noise schedule")
+
+
 def check_latent(latent, node: str) -> torch.Tensor:
+    """The ``samples`` of an image LATENT ([B, C, H, W]); anything else is refused naming ``node``."""
     samples = latent.get("samples") if isinstance(latent, dict) else None
-    if samples is None or samples.ndim != 4:
-        shape = None if samples is None else list(samples.shape)
+    if not isinstance(samples, torch.Tensor) or samples.is_nested or samples.ndim != 4:
+        shape = list(samples.shape) if isinstance(samples, torch.Tensor) and not samples.is_nested else None
         raise ValueError(f"{node}: latent must be an image LATENT [B, C, H, W], got {shape}")
     return samples
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 
 import torch
 from comfy_api.latest import io, ui
@@ -12,7 +11,7 @@ import comfy.sample
 import comfy.utils
 
 from ..fastdrag_core.kv import KVPolicy, KVStore
-from .invert import check_latent, warn_noise_mask
+from .invert import check_latent, check_model_schedule, warn_noise_mask
 from .model_support import supported_model
 from .patches import DDIM_SAMPLER, KVRun, decoder_attn1_sites, patch_model, zero_conditioning
 from .types import LATENT_TAG, FastDragKV
@@ -38,11 +37,7 @@ def check_kv_matches(kv, latent, model, node: str = NODE):
         raise ValueError(f"{node}: latent was inverted with {tag['schedule'].describe()} but kv was "
                          f"captured with {sched.describe()} (another schedule); connect the kv and latent "
                          "of the same FastDragInvert")
-    ms = sm.model_sampling
-    for t, s in zip(sched.timesteps, sched.sigmas):
-        if not math.isclose(float(ms.sigmas[t]), s, rel_tol=1e-4):
-            raise ValueError(f"{node}: the model's sigma at t={t} is {float(ms.sigmas[t]):.5f} but kv was "
-                             f"captured at {s:.5f}: kv from a model with another noise schedule")
+    check_model_schedule(sm.model_sampling, sched, node, what="kv was captured")
     return samples, sm
 
 

@@ -87,13 +87,22 @@ def test_crop_origin_covers_every_offset_uniformly():
 
 
 def test_crop_origin_matches_torchvision_random_crop():
-    tv = pytest.importorskip("torchvision.transforms")
-    img = torch.zeros(3, 90, 70)
-    for seed in range(5):
-        torch.manual_seed(seed)  # torchvision draws from the global generator
-        i, j, th, tw = tv.RandomCrop.get_params(img, (70, 70))
-        g = torch.Generator().manual_seed(seed)
-        assert lora.random_crop_origin(g, 90, 70, 70) == (i, j) and (th, tw) == (70, 70)
+    """The official LoRA training crops with torchvision's ``RandomCrop``; its ``get_params`` draws
+    nothing for a whole-image crop, else ``i = torch.randint(0, h - th + 1, (1,))`` then ``j = torch.randint(0, w - tw + 1, (1,))``
+    (torchvision/transforms/transforms.py). Transcribed here (torchvision is not a dependency)."""
+    def torchvision_get_params(h, w, th, tw):
+        if h == th and w == tw:
+            return 0, 0
+        i = torch.randint(0, h - th + 1, size=(1,)).item()
+        j = torch.randint(0, w - tw + 1, size=(1,)).item()
+        return i, j
+
+    for h, w, side in ((90, 70, 70), (72, 96, 64), (64, 64, 64)):
+        for seed in range(5):
+            torch.manual_seed(seed)  # torchvision draws from the global generator
+            expected = torchvision_get_params(h, w, side, side)
+            g = torch.Generator().manual_seed(seed)
+            assert lora.random_crop_origin(g, h, w, side) == expected, (h, w, seed)
 
 
 def test_crop_origin_rejects_too_large_crops():

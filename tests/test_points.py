@@ -108,20 +108,21 @@ def test_huge_numbers_are_value_errors_not_overflow():
         parse_points('{"version": 1, "width": Infinity, "drags": [{"handle": [1, 2], "target": [1, 2]}]}')
 
 
-def test_drag_to_latent_crops_like_vaeencode():
-    from fastdrag_core.points import drag_to_latent, vae_crop
+def test_check_drag_maps_to_the_latent_like_vaeencode_crops():
+    from fastdrag_core.points import check_drag, vae_crop
 
     # 67 x 50 (W x H): VAEEncode keeps 64 x 48 from offset (x=1, y=1)
     assert vae_crop((50, 67)) == (1, 1, 48, 64)
     mask = torch.zeros(50, 67)
     mask[1:9, 1:9] = 1  # exactly latent cell (0, 0) of the cropped image
     p = parse_points("[[10, 10], [30, 10]]")
-    handles, targets, lat_mask = drag_to_latent(p, mask, (50, 67))
+    checked = check_drag(p, (50, 67), mask)
+    handles, targets, lat_mask = checked.handles, checked.targets, checked.mask
     # shifted to (9, 9): x_lat = round(9 / 64 * 32) / 4 = round(4.5) / 4 = 1.0 (not 10/67*33 -> 1.25)
     assert handles.tolist() == [[1.0, 1.0]] and targets.tolist() == [[3.5, 1.0]]  # round(29/2)=14 -> 3.5
     assert lat_mask.shape == (6, 8) and lat_mask.nonzero().tolist() == [[0, 0]]
     with pytest.raises(ValueError, match=r"border VAEEncode crops away: a 67x50 image is encoded as its centred 64x48 part \(x from 1 to below 65, y from 1 to below 49\)"):
-        drag_to_latent(parse_points("[[0, 0], [5, 5]]"), None, (50, 67))
+        check_drag(parse_points("[[0, 0], [5, 5]]"), (50, 67))
 
 
 # -- check_drag: the one validation of the preview route, FastDragPoints and FastDragWarp ----------

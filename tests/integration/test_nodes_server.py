@@ -326,6 +326,22 @@ def test_kv_from_another_schedule(server):
     assert "another schedule" in e.value.message and "steps=20" in e.value.message, e.value.message
 
 
+def test_kv_from_a_model_with_another_noise_schedule(server):
+    """K/V and latent inverted on the plain model, sampled on the same UNet with zero-terminal-SNR
+    sigmas (ModelSamplingDiscrete zsnr): same timesteps, other σ_t, refused before any UNet call."""
+    p = base(server.ckpt_name)
+    p["zsnr"] = {"class_type": "ModelSamplingDiscrete",
+                 "inputs": {"model": ["ckpt", 0], "sampling": "eps", "zsnr": True}}
+    p["inv"] = invert_node()
+    p["s"] = sample_node(("inv", 0), ("inv", 1), model=("zsnr", 0))
+    p["save"] = save_node("/nonexistent/never.pt", latent=("s", 0))
+    with pytest.raises(PromptError) as e:
+        server.run(p)
+    assert e.value.node_type == "FastDragSample"
+    assert re.search(r"the model's sigma at t=601 is [0-9.]+ but kv was captured at [0-9.]+: it comes from "
+                     r"a model with another noise schedule", e.value.message), e.value.message
+
+
 def test_empty_kv_with_consistency_is_refused(server):
     """K/V captured with capture_kv off hold nothing: FastDragSample must not silently run plain DDIM."""
     p = base(server.ckpt_name)
