@@ -186,6 +186,7 @@ class ComfyClient:
         req = urllib.request.Request(self.url + path, data=data, method=method, headers=hdrs)
         try:
             with urllib.request.urlopen(req, timeout=timeout) as r:
+                self.last_headers = dict(r.headers)  # of the last 2xx answer (the editor's tests read X-FastDrag-*)
                 return r.status, r.read()
         except urllib.error.HTTPError as e:
             return e.code, e.read()

@@ -1,10 +1,12 @@
 """Peak memory of lwf_warp versus latent cells x drags (why MAX_DRAGS / MAX_CELL_DRAGS are what they are).
 
-    python3 benchmarks/warp_memory.py
+    python3 benchmarks/warp_memory.py                      # the default cases
+    python3 benchmarks/warp_memory.py --case 128x128x32    # one case (latent H x W x drags), repeatable
 
 Each case runs in a fresh process (peak RSS is per process); prints the extra peak memory of one
 lwf_warp call on a whole-image mask with random drags, and bytes per cell-drag.
 """
+import argparse
 import os
 import subprocess
 import sys
@@ -31,11 +33,27 @@ print(f"{w}x{h}|{h * w}|{n}|{(peak - base) / 1024:.1f}|{(peak - base) * 1024 / (
 """
 
 
+def case(text: str) -> tuple[int, int, int]:
+    """'HxWxN' (latent rows x columns x drags) -> (h, w, n)."""
+    try:
+        h, w, n = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give latent rows x columns x drags, e.g. 128x128x32") from None
+    if min(h, w, n) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: every number must be at least 1")
+    return h, w, n
+
+
 def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--case", type=case, action="append", metavar="HxWxN",
+                    help="latent grid rows x columns x drags to measure (repeatable); default: "
+                         + ", ".join(f"{h}x{w}x{n}" for h, w, n in CASES))
+    args = ap.parse_args()
     env = dict(os.environ, OMP_NUM_THREADS="1")
     print("| latent grid | cells | drags | extra peak RSS (MiB) | bytes per cell-drag | time (ms) |")
     print("| --- | --- | --- | --- | --- | --- |")
-    for h, w, n in CASES:
+    for h, w, n in args.case or CASES:
         out = subprocess.run([sys.executable, "-c", ONE, ROOT, str(h), str(w), str(n)], env=env,
                              capture_output=True, text=True, check=True).stdout.strip()
         print("| " + " | ".join(out.split("|")) + " |")

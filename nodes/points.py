@@ -96,23 +96,55 @@ class FastDragPoints(io.ComfyNode):
                                       "Not connected = the whole image is editable."),
             ],
             outputs=[FastDragDrag.Output("drag", tooltip="Handles, targets, image size and mask.")],
-            hidden=[io.Hidden.unique_id],
+            hidden=[io.Hidden.unique_id, io.Hidden.dynprompt],
         )
 
     @classmethod
     def execute(cls, image, points, mask=None) -> io.NodeOutput:
-        spec = to_drag_spec(image, points, mask, allow_empty=True)
-        # The points editor (web/js/fastdrag_points.js) shows these; a custom key keeps ComfyUI's
+        try:
+            spec = to_drag_spec(image, points, mask, allow_empty=True)
+        except ValueError as e:
+            # The picture still goes to the editor (whatever feeds `image`), with the reason, so the
+            # user can see and fix the drags there, linked ones included.
+            if image.ndim == 4 and image.shape[0] >= 1 and image.shape[-1] in (3, 4):
+                send_picture(cls.hidden.unique_id, {**picture(image[:1], cls), "fastdrag_error": [str(e)]})
+            raise
+        # The points editor (web/js/fastdrag_points.js) shows these; custom keys keep ComfyUI's
         # generic image preview from drawing a second copy of the picture under the editor.
-        shown = {"fastdrag_image": ui.PreviewImage(image, cls=cls).values}
+        # `fastdrag_points` are the drags the node uses, validated and in this image's pixels: the
+        # editor draws them when `points` comes from a link (DragBenchSample, a text node...);
+        # `fastdrag_points_from` says which: [node id, output slot] of that link, or None (the widget).
+        shown = {**picture(image, cls), "fastdrag_points_from": [points_origin(cls)]}
         if spec is None:
             # No drags yet: the picture may come from any upstream node (Image Scale, a sampler...),
             # so send it to the editor before stopping, or the user could never place the first drag.
+            shown["fastdrag_points"] = [fd_points.DragPoints((), (), image.shape[2], image.shape[1]).to_json()]
             send_picture(cls.hidden.unique_id, shown)
             raise ValueError("FastDragPoints: no drags yet; the picture is now shown in this node's "
                              "editor: place drags on it (click a handle, then its target, or press and "
                              "drag), then run again")
         log.info("[FastDrag] FastDragPoints: %r", spec)
+        shown["fastdrag_points"] = [used_points_json(spec)]
         if spec.mask is not None:
             shown["fastdrag_mask"] = ui.PreviewMask(spec.mask[None].float(), cls=cls).values
         return io.NodeOutput(spec, ui=shown)
+
+
+def points_origin(cls) -> list | None:
+    """[node id, output slot] of the link feeding `points` in the prompt being run, or None when the
+    points are the widget's text."""
+    prompt, node_id = cls.hidden.dynprompt, cls.hidden.unique_id
+    if prompt is None or node_id is None or not prompt.has_node(node_id):
+        return None
+    value = prompt.get_node(node_id).get("inputs", {}).get("points")
+    return [str(value[0]), int(value[1])] if isinstance(value, list) and len(value) == 2 else None
+
+
+def picture(image: torch.Tensor, cls) -> dict:
+    """The node's picture for the editor (a temp PNG), under the editor's own ui key."""
+    return {"fastdrag_image": ui.PreviewImage(image, cls=cls).values}
+
+
+def used_points_json(spec: DragSpec) -> str:
+    """The drags of ``spec`` as points JSON in pixels of its image (what the warp uses)."""
+    return fd_points.DragPoints(spec.handles, spec.targets, spec.width, spec.height).to_json()

@@ -15,8 +15,6 @@ if ROOT not in sys.path:
 from fastdrag_core.preview import (FileRef, PreviewRequestError, parse_file_ref,  # noqa: E402
                                    parse_preview_request, resolve_in_folder, warp_preview)
 
-pytest.importorskip("fastdrag_core.points", reason="fastdrag_core.points (the lead's core) is not here yet")
-
 
 def pts(*drags, w=64, h=48):
     return json.dumps({"version": 1, "width": w, "height": h,

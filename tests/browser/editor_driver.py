@@ -9,8 +9,10 @@ Scenarios (``--scenarios``, in this order, one browser for all): ``templates`` (
 browser lists the pack's workflows with thumbnails and descriptions), ``examples`` (each workflow
 in workflows/ loads, the editor shows its picture and drags; the first is queued on the test
 checkpoint and FastDragEdit shows its summary), ``upstream`` (Load Image -> Image Scale -> a new
-FastDragPoints: run, picture, press-and-drag, stale picture after rewiring), ``editor`` (the full
-editor scenario), ``vue`` (the same up to Clear in the "Nodes 2.0" renderer, plus resizing).
+FastDragPoints: run, picture, press-and-drag, stale picture after rewiring), ``dragbench``
+(DragBench Sample's points linked into FastDragPoints: the editor draws what the node used, read-only;
+Copy to widget), ``editor`` (the full editor scenario), ``vue`` (the same in the "Nodes 2.0" renderer,
+Ctrl+Z included, plus resizing).
 
 Every interaction is a real input event (CDP Input.dispatchMouseEvent / dispatchKeyEvent) at the
 viewport position of an image pixel, so the canvas's own event handlers and coordinate mapping are
@@ -188,7 +190,7 @@ async def load_graph(cdp, wf, editor=True):
     return False
 
 
-async def editor_scenario(cdp, args, R, workflow, graph_undo=True, prefix=""):
+async def editor_scenario(cdp, args, R, workflow, prefix=""):
     http_base = args.url
     with open(workflow) as f:
         wf = json.load(f)
@@ -334,15 +336,14 @@ async def editor_scenario(cdp, args, R, workflow, graph_undo=True, prefix=""):
     await cdp.drag(await pixel(cdp, *EXTERNAL[1]), await pixel(cdp, EXTERNAL[1][0] + 6, EXTERNAL[1][1] + 4), steps=3)
     await asyncio.sleep(0.2)
     before = await cdp.js(POINTS)
+    # a node with the pack's other DOM widget (FastDragInvert's summary), recorded by the change tracker
+    await cdp.js("(() => { const n = LiteGraph.createNode('FastDragInvert'); n.pos = [60, 520]; app.graph.add(n);"
+                 " app.extensionManager.workflow.activeWorkflow.changeTracker.checkState(); return true; })()")
+    await asyncio.sleep(0.3)
     cb = await center(cdp, "clearButton")
     await cdp.click(*cb)
     await asyncio.sleep(0.1)
     R["drags_after_clear"] = len((await cdp.js(POINTS))["drags"])
-    if not graph_undo:  # (the Vue node renderer keeps the old node's widget element after it)
-        await asyncio.sleep(0.3)
-        await cdp.js("window.__fdEd = null; true")
-        R["removed"] = None
-        return
     # Ctrl+Z in the editor is ComfyUI's graph undo: it reloads the graph with the points before Clear
     await cdp.js(f"{ED}.root.focus(); true")
     for kind in ("rawKeyDown", "keyUp"):
@@ -355,6 +356,15 @@ async def editor_scenario(cdp, args, R, workflow, graph_undo=True, prefix=""):
     R["ctrl_z_restores"] = (await cdp.js(POINTS)) == before
     R["drags_drawn_after_ctrl_z"] = await cdp.js(f"{ED}.state().drags.length")
     R["editor_mounted_after_ctrl_z"] = await cdp.js(f"document.contains({ED}.root)")
+    R["editors_in_document_after_ctrl_z"] = await cdp.js("document.querySelectorAll('.fastdrag-editor').length")
+    R["summary_after_ctrl_z"] = await cdp.js(
+        "(() => { const n = app.graph.nodes.find(n => n.type === 'FastDragInvert'); return n && {mounted:"
+        " n.fastdragSummary.el.isConnected, in_document: document.querySelectorAll('.fastdrag-summary').length}; })()")
+    # the new node's editor takes input: one more drag, click-click
+    await cdp.click(*await pixel(cdp, *SECOND[0]))
+    await cdp.click(*await pixel(cdp, *SECOND[1]))
+    await asyncio.sleep(0.1)
+    R["drags_after_click_after_ctrl_z"] = len((await cdp.js(POINTS))["drags"])
     jb = await center(cdp, "jsonButton")
     await cdp.click(*jb)
     await asyncio.sleep(0.2)
@@ -521,7 +531,7 @@ async def examples_scenario(cdp, args, R):
         W["sizes"] = await cdp.js("Object.fromEntries(app.graph.nodes.map(n => [n.type, [...n.pos, ...n.size]]))")
         await asyncio.sleep(0.5)
         await shoot(cdp, args, f"workflow_{name}.png")
-        if args.thumbnails:  # the whole graph, fitted into the view, 512 px wide
+        if args.thumbnails:  # the whole graph, fitted into the view, 512 px wide, without the minimap
             clip = await cdp.js("""(() => { const ns = app.graph.nodes, t = LiteGraph.NODE_TITLE_HEIGHT, ds = app.canvas.ds;
               let x0 = 1e9, y0 = 1e9, x1 = -1e9, y1 = -1e9;
               for (const n of ns) { x0 = Math.min(x0, n.pos[0]); y0 = Math.min(y0, n.pos[1] - t);
@@ -645,6 +655,106 @@ async def upstream_scenario(cdp, args, R):
     R["third_run"] = {"status": entry and entry["status"].get("status_str"), "error": error_message(entry)}
 
 
+async def canvas_rgb(cdp, x, y):
+    """The editor canvas's colour at the canvas position of image pixel (x, y)."""
+    return await cdp.js(f"""(() => {{ const e = {ED}, L = e.layout(), dpr = window.devicePixelRatio || 1;
+      const [cx, cy] = e.toCanvas([{x}, {y}], L);
+      const p = e.canvas.getContext('2d').getImageData(Math.round(cx * dpr), Math.round(cy * dpr), 1, 1).data;
+      return [p[0], p[1], p[2]]; }})()""")
+
+
+async def dragbench_scenario(cdp, args, R):
+    """DragBench Sample -> FastDragPoints (image, points and mask linked): before a run the editor
+    draws no drags (not the widget's); after it, the drags the node used, read-only and marked;
+    'Copy to widget' makes them editable; the next run uses the edited drags."""
+    stale = json.dumps({"version": 1, "width": 96, "height": 80, "drags": [{"handle": [10, 10], "target": [20, 20]}]})
+    await cdp.js(f"""(() => {{ app.clean?.(); const g = app.graph; g.clear();
+      const add = (type, x, y) => {{ const n = LiteGraph.createNode(type); n.pos = [x, y]; g.add(n); return n; }};
+      const db = add('DragBenchSample', 40, 100), fd = add('FastDragPoints', 400, 100), pa = add('PreviewAny', 940, 100);
+      db.widgets.find(w => w.name === 'folder').value = {json.dumps(args.dragbench)};
+      db.widgets.find(w => w.name === 'sample').value = '0';
+      fd.widgets.find(w => w.name === 'points').value = {json.dumps(stale)};
+      const slot = (name) => fd.inputs.findIndex(i => i.name === name);
+      db.connect(0, fd, slot('image')); db.connect(1, fd, slot('mask')); db.connect(2, fd, slot('points'));
+      fd.connect(0, pa, 0);
+      window.__fd = fd; app.canvas.ds.scale = 1; app.canvas.ds.offset = [-300, 60];
+      app.canvas.setDirty(true, true); return true; }})()""")
+    await asyncio.sleep(0.6)
+    facts = f"""(() => {{ const e = {ED}, s = e.state(); return {{linked: e.pointsLinked(), drags: s.drags,
+      state_linked: !!s.linked, status: e.status.textContent, copy_shown: e.copyButton.style.display !== 'none',
+      widget: window.__fd.widgets.find(w => w.name === 'points').value,
+      points_link: window.__fd.inputs.find(i => i.name === 'points').link}}; }})()"""
+    R["before_run"] = await cdp.js(facts)
+    entry = await queue_and_wait(cdp, args)
+    R["first_run"] = {"status": entry and entry["status"].get("status_str"), "error": error_message(entry)}
+    try:
+        await cdp.wait(f"{ED}.image && {ED}.runPoints && {ED}.imageRef.type === 'temp'", timeout=10)
+    except TimeoutError:
+        R["after_run"] = None
+        return
+    await asyncio.sleep(0.3)
+    R["after_run"] = await cdp.js(facts)
+    R["after_run"]["size"] = await cdp.js(f"{ED}.imageSize()")
+    R["after_run"]["mask_overlay"] = await cdp.js(f"!!({ED}.mask && {ED}.mask.overlay)")
+    R["after_run"]["node_used"] = entry and entry["outputs"].get(str(await cdp.js("window.__fd.id")), {}).get("fastdrag_points")
+    # the canvas at the expected image pixels: handle dots red, target dots blue
+    R["dot_colours"] = [{"handle": await canvas_rgb(cdp, *h), "target": await canvas_rgb(cdp, *t)}
+                        for h, t in json.loads(args.dragbench_drags)]
+    await shoot(cdp, args, "dragbench_linked.png", node=True)
+    await shoot(cdp, args, "dragbench_page.png")
+    # read-only: a click on the picture changes nothing, and the status line says why
+    await cdp.click(*await pixel(cdp, 20, 66))
+    await asyncio.sleep(0.2)
+    R["after_click"] = await cdp.js(facts)
+    R["after_click"]["pending"] = await cdp.js(f"{ED}.pending")
+    # Copy to widget: the link goes, the drags are the widget's, editable
+    await cdp.click(*await center(cdp, "copyButton"))
+    await asyncio.sleep(0.3)
+    R["after_copy"] = await cdp.js(facts)
+    await cdp.click(*await pixel(cdp, 20, 66))
+    await cdp.click(*await pixel(cdp, 30, 60))
+    await asyncio.sleep(0.2)
+    R["after_edit"] = await cdp.js(facts)
+    entry = await queue_and_wait(cdp, args)
+    R["second_run"] = {"status": entry and entry["status"].get("status_str"), "error": error_message(entry),
+                       "text": entry and [t for out in entry["outputs"].values() for t in out.get("text", [])]}
+    await shoot(cdp, args, "dragbench_copied.png", node=True)
+    # Ctrl+Z re-creates the node: the editor shows the last run's picture again; once more: the link is back
+    for step in ("undo_edit", "undo_copy"):
+        await cdp.js(f"{ED}.root.focus(); true")
+        await ctrl_z(cdp)
+        try:
+            await cdp.wait("(() => { const n = app.graph.nodes.find(n => n.type === 'FastDragPoints');"
+                           " return !!(n && n !== window.__fd && n.fastdragEditor && n.fastdragEditor.image); })()",
+                           timeout=10)
+        except TimeoutError:
+            pass
+        await find_node(cdp)
+        await asyncio.sleep(0.2)
+        R[step] = await cdp.js(facts)
+        R[step]["picture"] = await cdp.js(f"{ED}.imageRef && {ED}.imageRef.type")
+    # the front end's own Primitive node into `points` (it copies its text into the widget, the node
+    # gets it inline): shown at once, before any run, read-only; Copy to widget keeps it as the node's own
+    prim = json.dumps({"version": 1, "width": 96, "height": 80, "drags": [{"handle": [40, 30], "target": [52, 36]}]})
+    await cdp.js("""(() => { const g = app.graph, fd = g.nodes.find(n => n.type === 'FastDragPoints');
+      const p = LiteGraph.createNode('PrimitiveNode'); p.pos = [40, 420]; g.add(p);
+      p.connect(0, fd, fd.inputs.findIndex(i => i.name === 'points')); window.__fd = fd; window.__prim = p;
+      return true; })()""")
+    await asyncio.sleep(0.3)
+    await cdp.js(f"""(() => {{ const w = window.__prim.widgets[0]; w.value = {json.dumps(prim)}; w.callback?.(w.value);
+      app.canvas.setDirty(true, true); return true; }})()""")
+    await asyncio.sleep(0.4)
+    R["primitive"] = await cdp.js(facts)
+    await cdp.click(*await center(cdp, "copyButton"))
+    await asyncio.sleep(0.3)
+    R["primitive_copied"] = await cdp.js(facts)
+
+
+async def ctrl_z(cdp):
+    for kind in ("rawKeyDown", "keyUp"):
+        await cdp.call("Input.dispatchKeyEvent", type=kind, key="z", code="KeyZ", windowsVirtualKeyCode=90, modifiers=2)
+
+
 async def set_setting(args, key, value):
     async with aiohttp.ClientSession() as http:
         async with http.post(f"{args.url}/settings/{key}", data=json.dumps(value)) as r:
@@ -674,12 +784,13 @@ async def vue_scenario(cdp, args, R):
             R["resize"]["canvas_after"] = await cdp.js(f"{ED}.canvas.clientHeight")
             R["resize"]["node_after"] = await cdp.js(f"{ED}.root.closest('.lg-node').getBoundingClientRect().height")
             await shoot(cdp, args, "vue_resized.png")
-        await editor_scenario(cdp, args, R, args.workflow, graph_undo=False, prefix="vue_")
+        await editor_scenario(cdp, args, R, args.workflow, prefix="vue_")
     finally:
         await set_setting(args, "Comfy.VueNodes.Enabled", False)
 
 
 SCENARIOS = {"templates": templates_scenario, "examples": examples_scenario, "upstream": upstream_scenario,
+             "dragbench": dragbench_scenario,
              "editor": lambda cdp, args, R: editor_scenario(cdp, args, R, args.workflow),
              "vue": vue_scenario}
 
@@ -718,6 +829,8 @@ async def main_async(args):
                 await cdp.call("Emulation.setDeviceMetricsOverride", width=1400, height=1000, deviceScaleFactor=1,
                                mobile=False)
                 try:
+                    if args.thumbnails:  # the minimap reads its setting when the app starts
+                        await set_setting(args, "Comfy.Minimap.Visible", False)
                     await open_app(cdp, args.url)
                 except Exception:
                     R["errors"].append(traceback.format_exc())
@@ -759,6 +872,10 @@ def main():
     ap.add_argument("--run-image", default="fastdrag_test.png", help="the picture that template is run on")
     ap.add_argument("--run-workflow", default="FastDrag edit in one node",
                     help="the template run on the test checkpoint (an SD1.5 FastDragEdit graph)")
+    ap.add_argument("--dragbench", default="fastdrag_dragbench_ui",
+                    help="a DragBench folder in the server's input folder (dragbench scenario)")
+    ap.add_argument("--dragbench-drags", default="[]",
+                    help="JSON [[handle, target], ...] of its first sample, image pixels (dragbench scenario)")
     ap.add_argument("--thumbnails", help="write <workflow>.jpg template thumbnails into this folder")
     ap.add_argument("--out-dir", required=True)
     ap.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")

@@ -22,9 +22,7 @@ import shutil
 import struct
 import subprocess
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 import zlib
 
 import pytest
@@ -79,15 +77,12 @@ def web(server):
     return {"url": server.url, "run": __import__("pathlib").Path(server.base), "server": server}
 
 
-def post(url, payload, raw=None):
+def post(client, payload, raw=None):
+    """POST /fastdrag/preview through the shared client: (status, headers of a 200 answer, body, seconds)."""
     data = raw if raw is not None else json.dumps(payload).encode()
-    req = urllib.request.Request(url + "/fastdrag/preview", data=data, headers={"Content-Type": "application/json"})
     t0 = time.perf_counter()
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, dict(r.headers), r.read(), time.perf_counter() - t0
-    except urllib.error.HTTPError as e:
-        return e.code, dict(e.headers), e.read(), time.perf_counter() - t0
+    status, body = client._http("POST", "/fastdrag/preview", data, headers={"Content-Type": "application/json"})
+    return status, (client.last_headers if status == 200 else {}), body, time.perf_counter() - t0
 
 
 GOOD_POINTS = json.dumps({"version": 1, "width": W, "height": H,
@@ -97,12 +92,12 @@ IMG = {"filename": IMAGE_NAME, "subfolder": "", "type": "input"}
 
 def test_preview_route_answers_png_fast(web):
     body = {"image": IMG, "mask": {**IMG, "channel": "alpha"}, "points": GOOD_POINTS}
-    status, headers, png, _ = post(web["url"], body)
+    status, headers, png, _ = post(web["server"], body)
     assert status == 200, png[:500]
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and headers["Content-Type"] == "image/png"
     assert headers["X-FastDrag-Grid"] == f"{W // 8}x{H // 8}"
     assert int(headers["X-FastDrag-Holes"]) > 0
-    times = sorted(post(web["url"], body)[3] for _ in range(5))
+    times = sorted(post(web["server"], body)[3] for _ in range(5))
     print(f"preview route {W}x{H}: median {times[2] * 1000:.0f} ms over HTTP (server {headers['X-FastDrag-Ms']} ms)")
     assert times[2] < 0.5
 
@@ -125,7 +120,7 @@ def test_preview_route_answers_png_fast(web):
                       "points": GOOD_POINTS}, None, "leaves"),
 ])
 def test_preview_route_rejects_malformed(web, name, payload, raw, words):
-    status, headers, body, _ = post(web["url"], payload, raw)
+    status, headers, body, _ = post(web["server"], payload, raw)
     assert status == 400, (name, status, body[:300])
     msg = json.loads(body)["error"]
     assert words in msg, (name, msg)
@@ -140,16 +135,16 @@ def test_preview_route_mask_channels(web):
     holes = {}
     for name, mask in [("none", None), ("red", {"filename": "mask_left.png", "channel": "red"}),
                        ("alpha", {**IMG, "channel": "alpha"})]:
-        status, headers, body, _ = post(web["url"], {"image": IMG, "mask": mask, "points": pts})
+        status, headers, body, _ = post(web["server"], {"image": IMG, "mask": mask, "points": pts})
         assert status == 200, (name, body[:300])
         holes[name] = int(headers["X-FastDrag-Holes"])
         assert headers["X-FastDrag-Whole-Image"] == ("1" if mask is None else "0")
     assert holes["red"] != holes["none"] and holes["alpha"] != holes["none"]
     # a picture without alpha gives LoadImage's empty mask, which FastDragPoints refuses: so does the preview
-    status, _, body, _ = post(web["url"], {"image": IMG, "mask": {"filename": "mask_left.png", "channel": "alpha"},
+    status, _, body, _ = post(web["server"], {"image": IMG, "mask": {"filename": "mask_left.png", "channel": "alpha"},
                                            "points": pts})
     assert status == 400 and json.loads(body)["error"].startswith("the mask is empty; paint the region to edit")
-    status, _, body, _ = post(web["url"], {"image": IMG, "mask": {"filename": "mask_small.png", "channel": "red"},
+    status, _, body, _ = post(web["server"], {"image": IMG, "mask": {"filename": "mask_small.png", "channel": "red"},
                                               "points": pts})
     assert status == 400 and "does not match" in json.loads(body)["error"]
 
@@ -159,13 +154,8 @@ def png_size(data):
     return struct.unpack(">II", data[16:24])
 
 
-def get_image(url, **query):
-    q = urllib.parse.urlencode(query)
-    try:
-        with urllib.request.urlopen(f"{url}/fastdrag/image?{q}", timeout=30) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
+def get_image(client, **query):
+    return client._http("GET", f"/fastdrag/image?{urllib.parse.urlencode(query)}")
 
 
 def test_image_route_serves_what_loadimage_reads(web):
@@ -173,21 +163,50 @@ def test_image_route_serves_what_loadimage_reads(web):
     jpg = web["run"] / "input" / "rotated.jpg"
     subprocess.run([web["server"].py, "-c", "from PIL import Image; im = Image.new('RGB', (40, 20), (200, 30, 30)); "
                     "ex = im.getexif(); ex[0x0112] = 6; im.save(r'%s', exif=ex)" % jpg], check=True)
-    status, body = get_image(web["url"], filename="rotated.jpg", type="input")
+    status, body = get_image(web["server"], filename="rotated.jpg", type="input")
     assert status == 200 and png_size(body) == (20, 40)
-    status, body = get_image(web["url"], filename=IMAGE_NAME)
+    status, body = get_image(web["server"], filename=IMAGE_NAME)
     assert status == 200 and png_size(body) == (W, H)
     assert body[25] == 2  # colour type RGB: the alpha (LoadImage's mask) is not in the picture
     for bad in ({"filename": "../../../etc/passwd"}, {"filename": "passwd", "subfolder": "/etc"},
                 {"filename": IMAGE_NAME, "type": "models"}, {}):
-        status, body = get_image(web["url"], **bad)
+        status, body = get_image(web["server"], **bad)
         assert status == 400 and json.loads(body)["error"], bad
 
 
 def test_preview_route_rejects_non_image_in_input(web):
     (web["run"] / "input" / "notes.txt").write_text("hello")
-    status, _, body, _ = post(web["url"], {"image": {"filename": "notes.txt"}, "points": GOOD_POINTS})
+    status, _, body, _ = post(web["server"], {"image": {"filename": "notes.txt"}, "points": GOOD_POINTS})
     assert status == 400 and "not a readable image" in json.loads(body)["error"]
+
+
+# A one-sample DragBench folder (DragBench's layout: <category>/<sample>/original_image.png and a
+# meta_data.pkl pickle with 'prompt', 'points' (handle, target, ...) and a uint8 'mask' array).
+DRAGBENCH = "fastdrag_dragbench_ui"
+DB_SIZE = (96, 80)
+DB_DRAGS = [((30, 40), (50, 34)), ((70, 60), (62, 50))]
+DB_MASK = (16, 16, 88, 72)  # x0, y0, x1, y1 of the editable box
+WRITE_DRAGBENCH = r"""
+import os, pickle, sys, json
+import numpy as np
+from PIL import Image
+root, (w, h), drags, (x0, y0, x1, y1) = sys.argv[1], *json.loads(sys.argv[2])
+d = os.path.join(root, "animals", "T1_2026-01-01-0000-00")
+os.makedirs(d, exist_ok=True)
+y, x = np.mgrid[0:h, 0:w]
+rgb = np.stack([x * 255 // (w - 1), y * 255 // (h - 1), (x * 7 + y * 13) % 256], -1).astype(np.uint8)
+Image.fromarray(rgb).save(os.path.join(d, "original_image.png"))
+mask = np.zeros((h, w), np.uint8)
+mask[y0:y1, x0:x1] = 1
+with open(os.path.join(d, "meta_data.pkl"), "wb") as f:
+    pickle.dump({"prompt": "a gradient", "points": [tuple(p) for hd in drags for p in hd], "mask": mask}, f)
+"""
+
+
+def write_dragbench(server):
+    """The DragBench folder in the server's input folder, written by ComfyUI's python (numpy, PIL)."""
+    subprocess.run([server.py, "-c", WRITE_DRAGBENCH, os.path.join(server.base, "input", DRAGBENCH),
+                    json.dumps([DB_SIZE, DB_DRAGS, DB_MASK])], check=True)
 
 
 @pytest.fixture(scope="module")
@@ -206,12 +225,12 @@ def ui(web):
             srv.write_input(loader["widgets_values"][0], png_rgba(*size, lambda x, y: (
                 x * 255 // size[0], y * 255 // size[1], 128, 255)))
     # a fresh execution cache: a prompt equal to an earlier one would not execute (nor send its image)
-    req = urllib.request.Request(f"{web['url']}/free", data=b'{"free_memory": true}', method="POST",
-                                 headers={"Content-Type": "application/json"})
-    urllib.request.urlopen(req, timeout=10).read()
+    write_dragbench(srv)
+    assert srv._http("POST", "/free", b'{"free_memory": true}')[0] == 200
     args = ["--url", web["url"], "--out-dir", ARTIFACTS, "--chromium", CHROMIUM, "--pack-name", PACK_NAME,
             "--workflow", os.path.join(HERE, "editor_workflow.json"), "--workflows", WORKFLOWS,
-            "--image", IMAGE_NAME, "--ckpt", srv.ckpt_name]
+            "--image", IMAGE_NAME, "--ckpt", srv.ckpt_name,
+            "--dragbench", DRAGBENCH, "--dragbench-drags", json.dumps(DB_DRAGS)]
     if os.environ.get("FASTDRAG_WRITE_THUMBNAILS"):
         args += ["--thumbnails", WORKFLOWS]
     t0 = time.time()
@@ -341,10 +360,63 @@ def test_editor_in_browser(ui):
 
 def test_editor_in_browser_vue_nodes(ui):
     """The same in the front end's experimental Vue node renderer ("Nodes 2.0", a setting in 1.35.9),
-    up to Clear. Known limitation: after ComfyUI's graph undo (Ctrl+Z) that renderer keeps showing the
-    removed node's widget element, so the editor stops responding until the workflow is reloaded;
-    those steps are left out here."""
-    check_editor_scenario(section(ui, "vue"), graph_undo=False)
+    Ctrl+Z included: graph undo re-creates the node under the same id, and the renderer mounts a DOM
+    widget's element only when the widget's row (keyed by index and name) is mounted; the editor's
+    per-instance widget name makes a new row, so the new node's editor is the one shown and it
+    responds (with one name for all, the removed node's dead editor stayed on screen)."""
+    check_editor_scenario(section(ui, "vue"))
+
+
+def test_dragbench_points_open_in_the_editor(ui):
+    """DragBench Sample -> FastDragPoints with `points` linked: the editor draws the drags the node
+    used (not the widget's), at the sample's pixels, read-only and marked; Copy to widget unlinks
+    them into the node's own points, which are then edited and used by the next run."""
+    S = section(ui, "dragbench")
+    expected = [{"handle": list(h), "target": list(t)} for h, t in DB_DRAGS]
+    before = S["before_run"]
+    assert before["linked"] and before["state_linked"] and before["drags"] == [], before  # not the widget's drags
+    assert "points come from a link: run the graph once" in before["status"] and before["copy_shown"], before
+    assert S["first_run"]["status"] == "success", S["first_run"]
+    after = S["after_run"]
+    assert after["size"] == list(DB_SIZE) and after["mask_overlay"], after
+    assert after["drags"] == expected and after["state_linked"], after
+    assert [json.loads(p) for p in after["node_used"]] == [
+        {"version": 1, "width": DB_SIZE[0], "height": DB_SIZE[1], "drags": expected}]  # what the node used
+    assert "2 drags from the link (read-only" in after["status"] and after["copy_shown"], after
+    # the canvas at the sample's pixels: the handle dots are red, the target dots blue
+    for dots in S["dot_colours"]:
+        (r, g, b), (r2, g2, b2) = dots["handle"], dots["target"]
+        assert r > 180 and g < 100 and b < 100 and b2 > 180 and r2 < 100 and g2 < 150, dots
+    # read-only: a click places nothing and says why; the widget is untouched
+    click = S["after_click"]
+    assert click["drags"] == expected and click["widget"] == before["widget"] and not click["pending"], click
+    assert "read-only here): press 'Copy to widget'" in click["status"], click
+    # Copy to widget: no link, the node's own points are the sample's drags, editable
+    copy = S["after_copy"]
+    assert not copy["linked"] and copy["points_link"] is None and not copy["copy_shown"], copy
+    assert json.loads(copy["widget"])["drags"] == expected and copy["drags"] == expected, copy
+    edit = S["after_edit"]
+    assert edit["drags"][:2] == expected and len(edit["drags"]) == 3, edit
+    assert abs(edit["drags"][2]["handle"][0] - 20) <= 1 and abs(edit["drags"][2]["target"][1] - 60) <= 1, edit
+    run = S["second_run"]
+    assert run["status"] == "success" and "handles=[(30.0, 40.0), (70.0, 60.0), (20.0, 66.0)]" in " ".join(run["text"]), run
+    # Ctrl+Z (graph undo re-creates the node): the edit goes, the last run's picture is shown again...
+    undo = S["undo_edit"]
+    assert not undo["linked"] and json.loads(undo["widget"])["drags"] == expected, undo
+    assert undo["drags"] == expected and undo["picture"] == "temp", undo
+    # ...and once more: the link is back, read-only again; the last run used the widget's drags, so
+    # none from the link are known until the next run
+    undo = S["undo_copy"]
+    assert undo["linked"] and undo["points_link"] is not None and undo["state_linked"] and undo["copy_shown"], undo
+    assert undo["widget"] == before["widget"] and undo["drags"] == [] and "run the graph once" in undo["status"], undo
+    # a Primitive node's text (the front end copies it into the widget): drawn before any run, read-only
+    prim = [{"handle": [40, 30], "target": [52, 36]}]
+    p = S["primitive"]
+    assert p["linked"] and p["state_linked"] and p["drags"] == prim and p["copy_shown"], p
+    assert "1 drag from a Primitive node (read-only" in p["status"], p
+    p = S["primitive_copied"]
+    assert not p["linked"] and p["points_link"] is None and json.loads(p["widget"])["drags"] == prim, p
+    assert p["drags"] == prim and not p["state_linked"], p
 
 
 def test_vue_nodes_canvas_grows_with_the_node(ui):
@@ -353,7 +425,7 @@ def test_vue_nodes_canvas_grows_with_the_node(ui):
     assert r["canvas_after"] >= r["canvas_before"] + 120, r  # the node was pulled 160 px taller
 
 
-def check_editor_scenario(R, graph_undo=True):
+def check_editor_scenario(R):
 
     def near(p, q):
         return abs(p[0] - q[0]) <= 1 and abs(p[1] - q[1]) <= 1
@@ -395,9 +467,11 @@ def check_editor_scenario(R, graph_undo=True):
     assert near(R["points_after_second_drag"]["drags"][0]["target"], (200, 90))
     assert R["drags_drawn_after_external_edit"] == 2
     assert R["drags_after_clear"] == 0
-    if not graph_undo:
-        return
+    # Ctrl+Z: the points before Clear, drawn by the new node's editor, the only one on the page, which
+    # takes clicks; FastDragInvert's summary widget (fastdrag_text.js) is the new node's too
     assert R["ctrl_z_restores"] and R["drags_drawn_after_ctrl_z"] == 2 and R["editor_mounted_after_ctrl_z"]
+    assert R["editors_in_document_after_ctrl_z"] == 1 and R["drags_after_click_after_ctrl_z"] == 3
+    assert R["summary_after_ctrl_z"] == {"mounted": True, "in_document": 1}, R["summary_after_ctrl_z"]
     assert R["json_shown"]
     assert R["removed"] == {"dead": True, "canvas_in_document": False, "editor_on_node": False}
     print(f"preview: first {R['preview_first_s']} s after the toggle click, {R['preview_after_drag_s']} s after a drag "
@@ -496,7 +570,7 @@ def test_routes_refuse_hostile_requests_with_4xx(web, hostile_files):
         cases[f"mask file {name}"] = json.dumps({"image": IMG, "mask": {"filename": name}, "points": GOOD_POINTS}).encode()
     msgs = {}
     for case, raw in cases.items():
-        status, _, body, _ = post(url, None, raw)
+        status, _, body, _ = post(web["server"], None, raw)
         msgs[case] = _check_refused(web, status, body, case)
     assert "nested too deeply" in msgs["deep nesting (body)"]
     assert "1000 drags, at most 32" in msgs["too many drags (array)"]  # 2000 points = 1000 pairs
@@ -508,16 +582,16 @@ def test_routes_refuse_hostile_requests_with_4xx(web, hostile_files):
     assert "not a readable image" in msgs["file truncated.png"]
     # bodies over the limit: with a Content-Length, and chunked (no Content-Length)
     big = json.dumps({"image": IMG, "points": GOOD_POINTS, "pad": "x" * (80 << 10)}).encode()
-    status, _, body, _ = post(url, None, big)
+    status, _, body, _ = post(web["server"], None, big)
     assert status == 413, status
     status, body = _chunked_post(url, "/fastdrag/preview", [big[i:i + 8192] for i in range(0, len(big), 8192)])
     assert status == 413, (status, body[:200])
     # the picture route too
     for name in hostile_files + ["../x.png", "missing.png"]:
-        status, body = get_image(url, filename=name)
+        status, body = get_image(web["server"], filename=name)
         _check_refused(web, status, body, f"GET {name}")
     # and the server is still fine
-    status, _, png, _ = post(url, {"image": IMG, "points": GOOD_POINTS})
+    status, _, png, _ = post(web["server"], {"image": IMG, "points": GOOD_POINTS})
     assert status == 200 and png[:4] == b"\x89PNG"
 
 
@@ -540,7 +614,7 @@ def test_routes_fuzz_random_bodies_never_500(web, hostile_files):
         raw = json.dumps(body, allow_nan=True).encode()
         if rnd.random() < 0.1:
             raw = raw[: rnd.randint(0, len(raw))]  # cut anywhere
-        status, _, answer, _ = post(web["url"], None, raw)
+        status, _, answer, _ = post(web["server"], None, raw)
         counts[status] = counts.get(status, 0) + 1
         if status != 200:
             _check_refused(web, status, answer, raw[:200])

@@ -4,6 +4,7 @@ Run: COMFYUI_ROOT=~/.cache/comfy-harness/ComfyUI python -m pytest tests/integrat
 Skipped with the reason when no ComfyUI is found.
 """
 
+import json
 import os
 import re
 import struct
@@ -275,6 +276,26 @@ def test_no_drags_sends_the_picture_then_stops(server):
     with open(os.path.join(temp, new[0]), "rb") as f:
         head = f.read(24)
     assert head[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", head[16:24]) == (96, 64)
+
+
+def test_points_from_a_link_are_sent_back_as_used(server):
+    """`points` fed by a link (a string node): the node sends the drags it used, validated and
+    rescaled to its image (placed on 256x256, the image is 128x128: halved), for the editor to draw."""
+    p = base(server.ckpt_name)
+    del p["enc"]
+    p["txt"] = {"class_type": "PrimitiveString", "inputs": {"value": points_json(
+        [((100, 40), (121, 61)), ((30, 200), (10, 180))], 256, 256)}}
+    p["pts"] = points_node(["txt", 0])
+    p["show"] = {"class_type": "PreviewAny", "inputs": {"source": ["pts", 0]}}
+    out = server.run(p)["outputs"]["pts"]
+    assert json.loads(out["fastdrag_points"][0]) == {
+        "version": 1, "width": 128, "height": 128,
+        "drags": [{"handle": [50, 20], "target": [60.5, 30.5]}, {"handle": [15, 100], "target": [5, 90]}]}
+    assert out["fastdrag_points_from"] == [["txt", 0]] and out["fastdrag_image"][0]["type"] == "temp"
+    # the same drags typed into the widget: no link
+    p["pts"] = points_node(p.pop("txt")["inputs"]["value"])
+    out = server.run(p)["outputs"]["pts"]
+    assert out["fastdrag_points_from"] == [None] and json.loads(out["fastdrag_points"][0])["width"] == 128
 
 
 def test_kv_from_another_resolution(server):

@@ -13,6 +13,11 @@
 // (or select it and press Delete) removes its pair; Undo (this editor's steps) and Clear; Esc
 // cancels a lone handle. Ctrl+Z is ComfyUI's own graph undo, which restores the points text too:
 // each edit (a whole point drag included) is reported to its change tracker as one change.
+//
+// Linked points (`points` fed by a link, e.g. DragBenchSample's): the widget is not used, so the
+// editor draws what the node itself used in the last run (FastDragPoints sends its validated points
+// back with its picture), read-only and marked as coming from the link; "Copy to widget" removes the
+// link and puts those points into the widget, where they can be edited.
 
 import { canvasToImage, fitLayout, formatPoints, imageToCanvas, parseAnnotated, parsePoints, scaleDrags }
   from "./fastdrag_points_model.js";
@@ -22,7 +27,13 @@ const { api } = window.comfyAPI.api;
 
 const NODE_CLASS = "FastDragPoints";
 const POINTS_WIDGET = "points";
+// The canvas widget's name carries a per-editor serial: the "Nodes 2.0" (Vue) renderer keys a node's
+// widget rows by index and name and puts a DOM widget's element into its row only when the row is
+// mounted. ComfyUI's graph undo re-creates the node (same id) with a new editor; under the same name
+// the row would stay mounted and keep showing the removed editor's element. A new name makes a new
+// row, which mounts the new editor.
 const EDITOR_WIDGET = "fastdrag_editor";
+let editorSerial = 0;
 const HIT_RADIUS = 9; // css px
 const HANDLE_COLOR = "#e8363a";
 const TARGET_COLOR = "#3a6df0";
@@ -32,6 +43,8 @@ const PICTURE_EVENT = "fastdrag.picture";  // FastDragPoints with no drags sends
 const NO_MASK_HINT = "no mask: the whole picture moves, so the preview shows holes everywhere; " +
   "to move one object, paint a mask (Load Image's mask editor, or Load Image (as Mask)) and connect it to 'mask'";
 const MAX_UNDO = 100;
+const LINKED_READ_ONLY = "the drags come from the link (read-only here): press 'Copy to widget' to edit them in this editor";
+const SYNC_MS = 250;  // the Vue renderer draws no LiteGraph frames: poll the graph this often there
 
 const refKey = (r) => (r ? `${r.type}/${r.subfolder}/${r.filename}` : "");
 const query = (r) => `filename=${encodeURIComponent(r.filename)}&subfolder=${encodeURIComponent(r.subfolder || "")}` +
@@ -105,6 +118,14 @@ class DragEditor {
     this.runImageRef = null;    // from the last onExecuted
     this.runMaskRef = null;
     this.runUpstreamKey = null; // what fed `image` when that picture was made (stale when it differs)
+    this.runPoints = null;      // the points JSON the node used in that run (validated, image pixels)
+    this.runPointsFrom = null;  // [node id, slot] of the link they came from; null: the widget's
+    this.runPointsKey = null;   // what fed `points` then (linked drags are stale when it differs)
+    this.runError = null;       // the node refused its input in that run: its message
+    this.wasLinked = undefined; // `points` linked at the last sync
+    this.pointsStale = false;   // linked drags shown are from a run before the nodes feeding `points` changed
+    this.notice = "";           // why the last action did nothing (read-only drags), until the next change
+    this.jsonWanted = false;    // the JSON button showed the points widget
     this.stale = false;
     this.pressed = null;        // {start: [x, y] image px, client: [x, y], moved} a press on the picture
     this.hover = null;          // image pixel under the pointer (rubber band after a first click)
@@ -155,6 +176,10 @@ class DragEditor {
       "magenta cells are the holes BNNI fills";
     bar.append(label);
     this.jsonButton = button("JSON", "Show or hide the points JSON widget", () => this.toggleJson());
+    this.copyButton = button("Copy to widget", "The drags come from the link into 'points'. Remove that link and " +
+      "copy the drags the node used in the last run into this node's own points, to edit them here",
+      () => this.copyLinkedToWidget());
+    this.copyButton.style.display = "none";  // shown while `points` is linked
     this.status = document.createElement("div");
     this.status.className = "fastdrag-status";
     // its own row, wrapped: never cut off, whatever the node's width
@@ -180,10 +205,19 @@ class DragEditor {
     this.resizeObserver.observe(canvas);
     this.onPicture = (e) => this.onPictureEvent(e.detail);
     api.addEventListener(PICTURE_EVENT, this.onPicture);
-    // sync() also runs on every LiteGraph redraw of the node; the Vue node renderer draws none
-    this.syncTimer = setInterval(() => this.sync(), 250);
+    // sync() runs on every LiteGraph redraw of the node (onDrawForeground). The Vue node renderer draws
+    // none and offers no hook for what sync() follows upstream (a Load Image's file chosen in its combo
+    // changes no state ComfyUI's change tracker checks, so no "graphChanged" event comes): there the
+    // editor polls; in the LiteGraph renderer the timer does nothing.
+    this.syncTimer = setInterval(() => { if (this.root.closest(".lg-node") && !document.hidden) this.sync(); }, SYNC_MS);
+    // the points typed into the JSON widget (in the Vue renderer too, which calls widget callbacks)
+    const pw = this.pointsWidget;
+    if (pw) {
+      const prev = pw.callback;
+      pw.callback = (...args) => { const r = prev?.apply(pw, args); if (!this.dead) this.changed(); return r; };
+    }
 
-    this.widget = this.node.addDOMWidget(EDITOR_WIDGET, "FASTDRAG_EDITOR", root, {
+    this.widget = this.node.addDOMWidget(`${EDITOR_WIDGET}_${++editorSerial}`, "FASTDRAG_EDITOR", root, {
       serialize: false,     // not in the prompt
       hideOnZoom: false,
       getValue: () => undefined,
@@ -195,7 +229,15 @@ class DragEditor {
 
   toggleJson() {
     if (!this.pointsWidget) return;
-    this.setJsonShown(!!this.pointsWidget.hidden);
+    this.jsonWanted = !!this.pointsWidget.hidden;
+    this.showPointsRow();
+  }
+
+  /** The points widget's row is shown when asked for (JSON) and while it is linked: its socket and
+   *  name then show where the link ends. */
+  showPointsRow() {
+    if (!this.pointsWidget) return;
+    this.setJsonShown(this.jsonWanted || this.pointsLinked());
     this.node.setSize?.([this.node.size[0], Math.max(this.node.size[1], this.node.computeSize?.()[1] ?? 0)]);
     this.node.setDirtyCanvas?.(true, true);
   }
@@ -214,14 +256,34 @@ class DragEditor {
     return this.node.inputs?.find((i) => i.name === POINTS_WIDGET)?.link != null;
   }
 
-  /** Current drags, in the current image's pixels (scaled when placed on another size). */
+  /** The points the editor shows: the widget's, or when `points` is linked, those the node used in
+   *  its last run ("" before any run). */
+  sourceText() {
+    if (!this.pointsLinked() || this.primitiveLinked()) return this.text;
+    return this.runPointsFrom ? (this.runPoints ?? "") : "";  // a run on the widget's points shows nothing here
+  }
+
+  /** `points` is fed by the front end's own Primitive node (not a node that runs): it copies its value
+   *  into this node's widget (on every change and when queued), so the widget's text is what the node
+   *  gets, known before any run; editing it here would be overwritten, so it is read-only too. */
+  primitiveLinked() {
+    return upstream(this.node, POINTS_WIDGET)?.node?.type === "PrimitiveNode";
+  }
+
+  /** The linked drags are known: a Primitive node's, or those the node got in its last run. */
+  linkedKnown() {
+    return this.primitiveLinked() || (this.runPoints != null && !!this.runPointsFrom);
+  }
+
+  /** Current drags, in the current image's pixels (scaled when placed on another size); `linked`
+   *  when they come from the link (read-only). */
   state() {
-    const text = this.text;
+    const text = this.sourceText();
     if (text !== this.parsedText) {
       this.parsedText = text;
       this.parsed = parsePoints(text);
     }
-    const p = this.parsed;
+    const p = this.pointsLinked() ? { ...this.parsed, linked: true } : this.parsed;
     if (p.error) return p;
     const size = this.imageSize();
     if (size && p.width && p.height && (p.width !== size[0] || p.height !== size[1])) {
@@ -241,6 +303,7 @@ class DragEditor {
     const before = this.text;
     const after = formatPoints(size[0], size[1], drags);
     if (after === before) return;
+    this.notice = "";
     if (undo) {
       this.undoStack.push(before);
       if (this.undoStack.length > MAX_UNDO) this.undoStack.shift();
@@ -272,12 +335,13 @@ class DragEditor {
 
   editableDrags() {
     const s = this.state();
-    if (s.error) return null;
+    if (s.error || s.linked) return null;
     return s.drags.map((d) => ({ handle: [...d.handle], target: [...d.target] }));
   }
 
   undo() {
     if (this.pending) { this.pending = null; this.draw(); return; }
+    if (this.readOnly()) return;
     if (!this.undoStack.length || !this.pointsWidget) return;
     const value = this.undoStack.pop();
     this.recordChange(() => { this.pointsWidget.value = value; });
@@ -288,6 +352,7 @@ class DragEditor {
   clear() {
     this.pending = null;
     this.selected = -1;
+    if (this.readOnly()) return;
     if (!this.imageSize()) {
       if (this.pointsWidget && this.text.trim()) {
         this.undoStack.push(this.text);
@@ -312,6 +377,35 @@ class DragEditor {
     this.schedulePreview();
   }
 
+  /** True (and says why in the status line) when the drags come from a link: nothing to edit here. */
+  readOnly() {
+    if (!this.pointsLinked()) return false;
+    this.notice = LINKED_READ_ONLY;
+    this.draw();
+    return true;
+  }
+
+  /** "Copy to widget": the linked drags the node used in the last run become this node's own points
+   *  (the link to `points` is removed), editable here. One step of ComfyUI's graph undo. */
+  copyLinkedToWidget() {
+    const slot = this.node.inputs?.findIndex((i) => i.name === POINTS_WIDGET) ?? -1;
+    if (slot < 0 || this.node.inputs[slot].link == null || !this.pointsWidget) return;
+    if (!this.linkedKnown()) {
+      this.notice = "run the graph once first: the node then sends the drags it got from the link";
+      this.draw();
+      return;
+    }
+    const text = this.primitiveLinked() ? this.text : this.runPoints;
+    this.recordChange(() => {
+      this.node.disconnectInput(slot);
+      this.pointsWidget.value = text;
+    });
+    this.undoStack.length = 0;  // this editor's Undo steps were on the widget's earlier points
+    this.notice = "";
+    this.node.graph?.setDirtyCanvas?.(true, true);
+    this.changed();
+  }
+
   // -------------------------------------------------------------------------------- sources
   /** Called on every node redraw: follow the graph (LoadImage choice, links) cheaply. */
   sync() {
@@ -327,6 +421,19 @@ class DragEditor {
     if (refKey(ref) !== refKey(this.imageRef)) this.loadImage(ref);
     const stale = !!ref && ref === this.runImageRef && this.runUpstreamKey !== upstreamKey(this.node, "image");
     if (stale !== this.stale) { this.stale = stale; this.draw(); }
+    const linked = this.pointsLinked();
+    if (linked !== this.wasLinked) {  // linked or unlinked since: other drags, other controls
+      const first = this.wasLinked === undefined;
+      this.wasLinked = linked;
+      this.notice = "";
+      this.pending = null;
+      this.copyButton.style.display = linked ? "" : "none";
+      if (!first || linked) this.showPointsRow();
+      this.draw();
+    }
+    const pointsStale = linked && !this.primitiveLinked() && this.runPoints != null && !!this.runPointsFrom &&
+      this.runPointsKey !== upstreamKey(this.node, POINTS_WIDGET);
+    if (pointsStale !== this.pointsStale) { this.pointsStale = pointsStale; this.draw(); }
 
     let mask = null;  // nothing connected to `mask`: the whole image is editable
     const m = upstream(this.node, "mask");
@@ -341,8 +448,8 @@ class DragEditor {
     }
     const mkey = mask ? `${refKey(mask.ref)}#${mask.channel}` : "";
     if (mkey !== (this.mask?.key ?? "")) this.loadMask(mask, mkey);
-    // the points text changed outside the canvas (JSON widget edited, workflow loaded, undo)
-    if (this.text !== this.drawnText) this.changed();
+    // the points text changed outside the canvas (JSON widget edited, workflow loaded, undo, a run)
+    if (this.sourceText() !== this.drawnText) this.changed();
     this.fitVueNode();
   }
 
@@ -402,7 +509,8 @@ class DragEditor {
     img.src = viewURL(mask.ref);
   }
 
-  onExecuted(message) {
+  /** The node's outputs of a run (its `ui`), live or kept by ComfyUI (`restored`). */
+  onExecuted(message, { restored = false } = {}) {
     const first = (v) => (Array.isArray(v) && v.length && v[0]?.filename ? v[0] : null);
     const img = first(message?.fastdrag_image) ?? first(message?.images);
     if (!img) return;
@@ -410,11 +518,34 @@ class DragEditor {
     const mask = first(message?.fastdrag_mask);
     this.runMaskRef = mask ? { filename: mask.filename, subfolder: mask.subfolder ?? "", type: mask.type ?? "temp" } : null;
     this.runUpstreamKey = upstreamKey(this.node, "image");
+    const points = message?.fastdrag_points?.[0];
+    this.runPoints = typeof points === "string" ? points : null;
+    const from = message?.fastdrag_points_from?.[0];
+    this.runPointsFrom = Array.isArray(from) ? from.map(String) : null;
+    if (restored && this.runPointsFrom) {  // only if `points` is still fed by that node's output
+      const up = upstream(this.node, POINTS_WIDGET);
+      if (!up || String(up.node.id) !== this.runPointsFrom[0] || String(up.slot) !== this.runPointsFrom[1]) {
+        this.runPointsFrom = null;
+      }
+    }
+    this.runPointsKey = upstreamKey(this.node, POINTS_WIDGET);
+    const error = message?.fastdrag_error?.[0];
+    this.runError = typeof error === "string" ? error : null;
     this.useRun = true;
     this.sync();
+    this.draw();
   }
 
-  /** FastDragPoints ran with no drags: it sent its picture before stopping (any upstream node). */
+  /** ComfyUI keeps a node's last outputs (app.nodeOutputs) across graph undo, which re-creates the
+   *  node and its editor: show that run's picture and drags again, as ComfyUI's own previews do.
+   *  (Whether the nodes feeding `image` and `points` changed since is judged from then on.) */
+  restoreRunOutputs() {
+    if (this.dead || this.runImageRef) return;
+    const out = app.nodeOutputs?.[String(this.node.id)];
+    if (out?.fastdrag_image) this.onExecuted(out, { restored: true });
+  }
+
+  /** FastDragPoints stopped (no drags yet, or it refused its input): it sent its picture first. */
   onPictureEvent(detail) {
     if (!detail || this.dead || String(detail.node) !== String(this.node.id)) return;
     this.onExecuted(detail);
@@ -455,7 +586,7 @@ class DragEditor {
     const body = {
       image: this.imageRef,
       mask: this.mask ? { ...this.mask.ref, channel: this.mask.channel } : null,
-      points: this.text,
+      points: this.sourceText(),
       holes: true,
     };
     const seq = ++p.seq;
@@ -552,6 +683,7 @@ class DragEditor {
     // no preventDefault: the mouseup that follows must reach ComfyUI's change tracker (graph undo)
     const L = this.layout();
     if (!L) return;
+    if (this.readOnly()) return;
     const h = this.hit(e, L);
     if (h) {
       const drags = this.editableDrags();
@@ -643,7 +775,7 @@ class DragEditor {
     const L = this.layout();
     if (!L) return;
     const h = this.hit(e, L);
-    if (h) this.removePair(h.index);
+    if (h && !this.readOnly()) this.removePair(h.index);
     else if (this.pending) { this.pending = null; this.draw(); }
   }
 
@@ -652,7 +784,7 @@ class DragEditor {
     if (key === "Delete" || key === "Backspace") {
       const s = this.state();
       if (this.pending) { this.pending = null; this.draw(); }
-      else if (!s.error && s.drags.length) this.removePair(this.selected >= 0 ? this.selected : s.drags.length - 1);
+      else if (!s.error && s.drags.length && !this.readOnly()) this.removePair(this.selected >= 0 ? this.selected : s.drags.length - 1);
     } else if (key === "Escape") {
       this.pending = null;
       this.pressed = null;
@@ -681,7 +813,7 @@ class DragEditor {
     const s = this.state();
     const L = this.layout();
     const p = this.preview;
-    this.drawnText = this.text;
+    this.drawnText = this.sourceText();
     if (!L) {
       ctx.fillStyle = "#999";
       ctx.font = "12px sans-serif";
@@ -689,7 +821,8 @@ class DragEditor {
       const msg = this.message || (this.imageRef ? "loading image…" :
         "Connect a Load Image to 'image', or run the graph once (the node then sends its picture here), to place drags");
       ctx.fillText(msg, cw / 2, ch / 2, cw - 10);
-      this.setStatus(s.error ?? "");
+      this.setStatus(s.error ?? (s.linked ? "points come from a link: run the graph once; the node then sends its " +
+                                            "picture and the drags it gets, shown here read-only" : ""));
       return;
     }
     const showPreview = p.on && p.img && !s.error && s.drags.length;
@@ -704,8 +837,9 @@ class DragEditor {
     }
     if (!s.error) {
       s.drags.forEach((d, i) => this.drawArrow(ctx, this.toCanvas(d.handle, L), this.toCanvas(d.target, L), i + 1,
-                                               i === this.selected));
+                                               i === this.selected && !s.linked, s.linked));
     }
+    if (s.linked) this.drawBadge(ctx, L, this.pointsStale ? "FROM LINK · STALE" : "FROM LINK · read-only");
     const start = this.pressed?.start ?? this.pending;
     if (start) {
       const [x, y] = this.toCanvas(start, L);
@@ -737,16 +871,21 @@ class DragEditor {
     this.setStatus(this.statusText(s, L));
   }
 
-  drawArrow(ctx, [hx, hy], [tx, ty], n, selected) {
+  /** A numbered arrow from handle to target; `linked` (drags from the link, read-only): dashed shaft. */
+  drawArrow(ctx, [hx, hy], [tx, ty], n, selected, linked = false) {
     const ang = Math.atan2(ty - hy, tx - hx);
     const len = Math.hypot(tx - hx, ty - hy);
     ctx.lineCap = "round";
     for (const [color, width] of [["rgba(0,0,0,.6)", 5], ["#fff", 2.5]]) {
       ctx.strokeStyle = color;
       ctx.lineWidth = width;
+      ctx.setLineDash(linked ? [7, 5] : []);
       ctx.beginPath();
       ctx.moveTo(hx, hy);
       ctx.lineTo(tx, ty);
+      ctx.stroke();
+      ctx.setLineDash([]);
+      ctx.beginPath();
       if (len > 8) {
         ctx.moveTo(tx, ty);
         ctx.lineTo(tx - 11 * Math.cos(ang - 0.45), ty - 11 * Math.sin(ang - 0.45));
@@ -766,11 +905,37 @@ class DragEditor {
     ctx.fillText(String(n), hx + 7, hy - 7);
   }
 
+  /** A label in the picture's top-left corner (white on dark), e.g. where the drags come from. */
+  drawBadge(ctx, L, text) {
+    ctx.font = "bold 11px sans-serif";
+    ctx.textAlign = "left";
+    const w = ctx.measureText(text).width + 10;
+    ctx.fillStyle = "rgba(20,20,20,.8)";
+    ctx.fillRect(L.ox + 4, L.oy + 4, w, 17);
+    ctx.fillStyle = "#ffd36b";
+    ctx.fillText(text, L.ox + 9, L.oy + 16);
+  }
+
   statusText(s, L) {
-    if (s.error) return s.error + " (Clear to start over)";
+    if (s.error) return s.error + (s.linked ? " (in the points the node got from the link)" : " (Clear to start over)");
     if (this.message) return this.message;
-    if (this.pointsLinked()) return "points come from a link: edits here do not reach the node";
-    const parts = [`${L.W}×${L.H}`, `${s.drags.length} drag${s.drags.length === 1 ? "" : "s"}`];
+    const n = s.drags.length;
+    const parts = [];
+    if (this.notice) parts.push(this.notice);
+    parts.push(`${L.W}×${L.H}`);
+    if (!s.linked) {
+      parts.push(`${n} drag${n === 1 ? "" : "s"}`);
+    } else if (!this.linkedKnown()) {
+      parts.push(this.runError ? `points come from a link; the node refused them in the last run: ${this.runError}`
+        : "points come from a link: run the graph once and the drags the node gets are shown here (read-only)");
+    } else if (this.primitiveLinked()) {
+      parts.push(`${n} drag${n === 1 ? "" : "s"} from a Primitive node (read-only here: edit them there, or ` +
+                 "'Copy to widget' to edit them here)");
+    } else {
+      parts.push(`${n} drag${n === 1 ? "" : "s"} from the link (read-only: what the node used in the last run; ` +
+                 "'Copy to widget' to edit them here)");
+      if (this.pointsStale) parts.push("STALE drags: the nodes feeding 'points' changed since the run; run the graph again to see the new drags");
+    }
     if (this.stale) parts.push("STALE picture: it is from the last run and the nodes feeding 'image' changed since; " +
                                "run the graph again to see the new picture");
     if (s.scaled) parts.push("points rescaled from " + `${this.parsed.width}×${this.parsed.height}`);
@@ -782,7 +947,8 @@ class DragEditor {
       else if (p.img && s.drags.length) parts.push(`preview ${Math.round(p.ms)} ms, ${p.holes} hole cells`);
       else if (!s.drags.length) parts.push("preview: no drags yet");
     }
-    if (this.pending) parts.push("click the target");
+    if (s.linked) { /* nothing to place */ }
+    else if (this.pending) parts.push("click the target");
     else if (!s.drags.length) parts.push("press on the handle and drag to the target (or click handle, then target)");
     return parts.join(" · ");
   }
@@ -861,6 +1027,10 @@ if (!window[LOADED]) {
 
 function extension() { return {
   name: "fastdrag.points_editor",
+  // ComfyUI puts a workflow's kept outputs back when its tab is opened again (after the graph)
+  onNodeOutputsUpdated() {
+    for (const node of app.graph?.nodes ?? []) node.fastdragEditor?.restoreRunOutputs();
+  },
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (nodeData?.name !== NODE_CLASS) return;
     const proto = nodeType.prototype;
@@ -886,6 +1056,10 @@ function extension() { return {
       // a loaded workflow: widget values are restored; redraw from them
       const ed = this.fastdragEditor;
       if (ed) { ed.undoStack.length = 0; ed.pending = null; ed.changed(); }
+    });
+    chain("onAfterGraphConfigured", function () {
+      // graph undo re-creates the node: its last run's outputs are still known to ComfyUI
+      this.fastdragEditor?.restoreRunOutputs();
     });
     chain("onDrawForeground", function () {
       this.fastdragEditor?.sync();

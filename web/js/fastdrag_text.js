@@ -7,6 +7,10 @@ const { app } = window.comfyAPI.app;
 
 const NODES = ["FastDragEdit", "FastDragInvert", "FastDragSample"];
 const WIDGET = "fastdrag_summary";
+// Per-widget serial in the name: the "Nodes 2.0" renderer mounts a DOM widget's element only when its
+// row (keyed by index and name) is mounted, and graph undo re-creates the node under the same id; a
+// new name gives the new node's summary a new row (see fastdrag_points.js).
+let widgetSerial = 0;
 
 function summaryWidget(node) {
   const el = document.createElement("div");
@@ -14,7 +18,7 @@ function summaryWidget(node) {
   el.style.cssText = "font:11px monospace;white-space:pre-wrap;overflow-wrap:anywhere;opacity:.85;" +
     "padding:2px 4px;color:var(--input-text,#ddd);user-select:text;min-height:14px";
   el.textContent = "";
-  const widget = node.addDOMWidget(WIDGET, "FASTDRAG_SUMMARY", el, {
+  const widget = node.addDOMWidget(`${WIDGET}_${++widgetSerial}`, "FASTDRAG_SUMMARY", el, {
     serialize: false, hideOnZoom: false, getValue: () => undefined, setValue: () => {},
     getMinHeight: () => 34,
   });
