@@ -409,7 +409,7 @@ def main(argv=None):
             run.progress(k, len(chosen), t_start, len(chosen) - k)
         run.finish(len(samples))
     except KeyboardInterrupt:
-        client.interrupt()
+        client.cancel_queued()  # only this run's prompts: a shared server's other work goes on
         log("\ninterrupted; run the same command again to resume (samples with a result are skipped)")
         return 130
     finally:
