@@ -129,7 +129,8 @@ def tiny_checkpoint(root: str, py: str, kind: str = "sd15") -> str:
     """Path of a tiny random test checkpoint, built once (cached in ``~/.cache/comfyui-fastdrag``).
 
     ``kind``: ``sd15`` (the harness's tiny SD1.5: 2 levels, 7 attn1 layers), ``sd15_layout`` (SD1.5's
-    4-level UNet layout at 320 channels), ``sdxl``, ``sd2v`` (see ``tests/integration/make_test_ckpt.py``);
+    4-level UNet layout at 320 channels), ``sd15_dift`` (that UNet with an informative, hand-set VAE
+    encoder, for DIFT tracking tests), ``sdxl``, ``sd2v`` (see ``tests/integration/make_test_ckpt.py``);
     all with the TAESD VAE. ``FASTDRAG_TEST_CKPT`` replaces the ``sd15`` one. Building needs the
     comfy-harness's ``make_tiny_ckpt.py`` (``COMFY_HARNESS_DIR``)."""
     ckpt = os.environ.get("FASTDRAG_TEST_CKPT")

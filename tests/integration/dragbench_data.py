@@ -11,13 +11,14 @@ import subprocess
 import numpy as np
 
 
-def texture(h: int, w: int, seed: int = 0) -> np.ndarray:
-    """A smooth, non-repeating colour texture (sum of random plane waves), uint8 H x W x 3."""
+def texture(h: int, w: int, seed: int = 0, freq: tuple[float, float] = (0.02, 0.25)) -> np.ndarray:
+    """A smooth, non-repeating colour texture (sum of 12 random plane waves, each frequency component
+    drawn in ``freq`` cycles per pixel), uint8 H x W x 3."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:h, 0:w].astype(np.float64)
     img = np.zeros((h, w, 3))
     for _ in range(12):
-        fx, fy = rng.uniform(0.02, 0.25, 2) * rng.choice([-1, 1], 2)
+        fx, fy = rng.uniform(freq[0], freq[1], 2) * rng.choice([-1, 1], 2)
         img += rng.uniform(0.2, 1.0, 3) * np.sin(2 * np.pi * (fx * x + fy * y)[..., None] + rng.uniform(0, 2 * np.pi, 3))
     img = (img - img.min()) / (img.max() - img.min())
     return (img * 255).round().astype(np.uint8)
