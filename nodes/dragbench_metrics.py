@@ -18,7 +18,6 @@ t = 261 noise, and the mean is what every ComfyUI encode gives, so the mean is u
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -162,26 +161,19 @@ def alexnet_weights_file() -> tuple[str, str]:
     return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url)), url
 
 
-@functools.lru_cache(maxsize=2)
-def _load_lpips(weights_key, device: str):
-    import lpips
-
-    return lpips.LPIPS(net="alex", verbose=False).eval().requires_grad_(False).to(device)
-
-
 def lpips_model(node: str = "DragImageFidelity"):
-    """LPIPS(net='alex') on ComfyUI's device, loaded once per weights file; clear errors when the
-    package or the backbone weights are missing."""
+    """LPIPS(net='alex') on ComfyUI's device, loaded for this call (no module-level cache: a node's
+    execute runs on a fresh class clone, and AlexNet's features load in well under a second); clear
+    errors when the package or the backbone weights are missing."""
     try:
-        import lpips  # noqa: F401
+        import lpips
         path, url = alexnet_weights_file()
     except ImportError as e:
         raise ValueError(f"{node}: Image Fidelity needs the 'lpips' package ({e}). Install it into ComfyUI's "
                          f"Python: {sys.executable} -m pip install {LPIPS_PIP}") from None
-    key = (path, os.path.getmtime(path), os.path.getsize(path)) if os.path.exists(path) else (path, None, None)
-    device = str(comfy.model_management.get_torch_device())
+    device = comfy.model_management.get_torch_device()
     try:
-        return _load_lpips(key, device)
+        return lpips.LPIPS(net="alex", verbose=False).eval().requires_grad_(False).to(device)
     except Exception as e:  # noqa: BLE001  torchvision's download or load failed
         if os.path.exists(path):
             raise ValueError(f"{node}: could not load the AlexNet weights {path} ({type(e).__name__}: {e}); "
