@@ -27,12 +27,12 @@ import torch
 from comfy_api.latest import io, ui
 
 import comfy.model_management
-import comfy.model_sampling
 import comfy.sample
 import comfy.samplers
 
 from ..fastdrag_core import metrics
 from ..fastdrag_core import points as fd_points
+from .model_support import supported_model
 from .unet_features import DecoderFeatureTap, FeaturesReady, feature_entry_block
 
 log = logging.getLogger(__name__)
@@ -46,16 +46,16 @@ def _one_image(image: torch.Tensor, name: str, node: str) -> torch.Tensor:
     return image[0, ..., :3]
 
 
-def _check_dift_model(model, node: str):
-    ms = model.get_model_object("model_sampling")
-    ok = (isinstance(ms, comfy.model_sampling.ModelSamplingDiscrete) and isinstance(ms, comfy.model_sampling.EPS)
-          and not isinstance(ms, (comfy.model_sampling.EDM, comfy.model_sampling.X0))
-          and len(ms.sigmas) > metrics.DIFT_TIMESTEP)
-    if not ok:
-        raise ValueError(f"{node}: DIFT needs a discrete-time diffusion UNet (eps or v-prediction: SD1.x, SD2.x "
-                         f"as in the official protocol (SD 2.1), SDXL); this model samples with "
-                         f"{type(ms).__name__}")
-    return ms
+def dift_model(model, node: str):
+    """(MODEL to run, its model sampling) for DIFT, by the pack's model rule (:func:`supported_model`,
+    method ``"DIFT"`` = FastDrag's: SD1.x, SD2.x and SDXL families, eps or v-prediction; flow, EDM, x0 and
+    the rest refused by name). An LCM model runs as the plain eps model on the full 1000-step table, the
+    DDPM schedule the official ``dift_sd.py`` noises with."""
+    sm = supported_model(model, node, method="DIFT")
+    if len(sm.model_sampling.sigmas) <= metrics.DIFT_TIMESTEP:
+        raise ValueError(f"{node}: DIFT noises to timestep {metrics.DIFT_TIMESTEP}; this model's schedule has "
+                         f"only {len(sm.model_sampling.sigmas)} steps")
+    return sm.apply(model), sm.model_sampling
 
 
 def _features_only(model, x, sigmas, extra_args=None, callback=None, disable=None):
@@ -65,9 +65,9 @@ def _features_only(model, x, sigmas, extra_args=None, callback=None, disable=Non
 
 
 @torch.no_grad()
-def dift_features(model, positive, latent: torch.Tensor, noise: torch.Tensor, node: str) -> torch.Tensor:
-    """Ensemble-mean ``up_blocks[1]`` features [1, C, h, w] of a VAE latent [1, c, h, w] (see module doc)."""
-    ms = _check_dift_model(model, node)
+def dift_features(model, ms, positive, latent: torch.Tensor, noise: torch.Tensor, node: str) -> torch.Tensor:
+    """Ensemble-mean ``up_blocks[1]`` features [1, C, h, w] of a VAE latent [1, c, h, w] (see module doc);
+    ``model`` and its model sampling ``ms`` as :func:`dift_model` gives them."""
     tap = DecoderFeatureTap.for_up_blocks(model.get_model_object("diffusion_model"), [metrics.DIFT_UP_INDEX], node,
                                           stop_when_done=True)  # the decoder after up_blocks[1] is not run
     patched = model.clone()
@@ -135,14 +135,14 @@ class DragMeanDistance(io.ComfyNode):
             fd_points.check_points_in_image(drags, width, height)
         except ValueError as e:
             raise ValueError(f"{node}: {e} (source is {width}x{height})") from None
-        _check_dift_model(model, node)
+        model, ms = dift_model(model, node)  # before any work
         feature_entry_block(model.get_model_object("diffusion_model"), metrics.DIFT_UP_INDEX, node)  # fail early
         positive = clip.encode_from_tokens_scheduled(clip.tokenize(prompt))
         z_src, z_edt = vae.encode(src[None]), vae.encode(edt[None])  # the posterior mean (module doc)
         noise_src, noise_edt = metrics.dift_noise(z_src.shape, ensemble, seed)
-        ft_src = dift_features(model, positive, z_src, noise_src, node)
+        ft_src = dift_features(model, ms, positive, z_src, noise_src, node)
         comfy.model_management.throw_exception_if_processing_interrupted()
-        ft_edt = dift_features(model, positive, z_edt, noise_edt, node)
+        ft_edt = dift_features(model, ms, positive, z_edt, noise_edt, node)
         matches = metrics.match_points(ft_src, ft_edt, drags.handles, drags.targets, (height, width),
                                        check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted)
         md = metrics.mean_distance(matches)

@@ -171,6 +171,17 @@ def test_mean_distance_errors(server):
         server.run({**base, "md": md_node(pts([((10, 10), (20, 20))], 128, 128), edited="src")})
     with pytest.raises(PromptError, match=r"DragMeanDistance: points: drag 0 target \(130, 20\) is outside"):
         server.run({**base, "md": md_node(pts([((10, 10), (130, 20))], 128, 128), edited="src")})
+    # the pack's model rule (supported_model), before any work: an x0-prediction model is refused by name
+    ck = server.add_checkpoint("sd15_layout")
+    x0 = {"ck0": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ck}},
+          "ck": {"class_type": "ModelSamplingDiscrete", "inputs": {"model": ["ck0", 0], "sampling": "x0",
+                                                                     "zsnr": False}},
+          "src": base["src"]}
+    md = md_node(pts([((10, 10), (20, 20))], 128, 128), edited="src")
+    md["inputs"].update(clip=["ck0", 1], vae=["ck0", 2])
+    with pytest.raises(PromptError, match=r"DragMeanDistance: this SD1.x model predicts x0 directly.*DIFT supports "
+                                          r"SD1.x, SD2.x"):
+        server.run({**x0, "md": md})
 
 
 # --------------------------------------------------------------------------------------------- IF
