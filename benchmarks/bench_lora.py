@@ -22,8 +22,9 @@ Run with ComfyUI's python (it imports ComfyUI):
     python benchmarks/bench_lora.py --device cuda --ckpt /path/to/v1-5-pruned-emaonly.safetensors --size 512
 
 ``--ckpt`` is a checkpoint path or a tiny test kind (sd15, sd15_layout, sdxl, sd2v: the files the
-integration tests build in ~/.cache/comfyui-fastdrag). ``--comfyui`` defaults to $COMFYUI_ROOT or
-~/.cache/comfy-harness/ComfyUI.
+integration tests build in ~/.cache/comfyui-fastdrag, built here when missing). ``--comfyui``
+defaults to $COMFYUI_ROOT, else the ComfyUI this pack sits in, else the comfy-harness's
+(``comfy_client.find_comfyui``).
 """
 
 import argparse
@@ -37,7 +38,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-CACHE = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "comfyui-fastdrag")
+sys.path.insert(0, HERE)
+import comfy_client  # noqa: E402  (stdlib only)
 
 
 def parse():
@@ -48,8 +50,8 @@ def parse():
     ap.add_argument("--steps", type=int, default=6, help="LoRA steps to time (80 = the official run)")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--rank", type=int, default=16)
-    ap.add_argument("--comfyui", default=os.environ.get("COMFYUI_ROOT",
-                                                        os.path.expanduser("~/.cache/comfy-harness/ComfyUI")))
+    ap.add_argument("--comfyui", default=None, help="the ComfyUI checkout (default: COMFYUI_ROOT, else the one "
+                                                    "this pack sits in, else the comfy-harness's)")
     return ap.parse_args()
 
 
@@ -98,8 +100,11 @@ def main():
         # glibc keeps freed heap memory; with a fixed mmap threshold every tensor-sized block is mmap'd
         # and returned on free, so the peak RSS of a phase measures what that phase held
         os.execve(sys.executable, [sys.executable] + sys.argv, {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"})
-    sys.path.insert(0, args.comfyui)
-    os.chdir(args.comfyui)
+    root, reason = comfy_client.find_comfyui(args.comfyui)
+    if root is None:
+        sys.exit(f"bench_lora: {reason}")
+    sys.path.insert(0, root)
+    os.chdir(root)
     sys.argv = [sys.argv[0]] + (["--cpu"] if args.device == "cpu" else [])
     import comfy.options
     comfy.options.enable_args_parsing()
@@ -115,7 +120,7 @@ def main():
     dd_lora = importlib.import_module("fastdrag_pack.nodes.dd_lora")
     core = importlib.import_module("fastdrag_pack.fastdrag_core.lora")
 
-    ckpt = args.ckpt if os.path.exists(args.ckpt) else os.path.join(CACHE, f"tiny_{args.ckpt}_taesd.safetensors")
+    ckpt = args.ckpt if os.path.exists(args.ckpt) else comfy_client.tiny_checkpoint(root, sys.executable, args.ckpt)
     with torch.inference_mode():
         model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(ckpt, output_vae=True, output_clip=True)
         positive = clip.encode_from_tokens_scheduled(clip.tokenize("a photo of a cat on a sofa"))

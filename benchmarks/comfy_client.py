@@ -129,7 +129,8 @@ def tiny_checkpoint(root: str, py: str, kind: str = "sd15") -> str:
     """Path of a tiny random test checkpoint, built once (cached in ``~/.cache/comfyui-fastdrag``).
 
     ``kind``: ``sd15`` (the harness's tiny SD1.5: 2 levels, 7 attn1 layers), ``sd15_layout`` (SD1.5's
-    4-level UNet layout at 320 channels), ``sdxl``, ``sd2v`` (see ``tests/integration/make_test_ckpt.py``);
+    4-level UNet layout at 320 channels), ``sd15_dift`` (that UNet with an informative, hand-set VAE
+    encoder, for DIFT tracking tests), ``sdxl``, ``sd2v`` (see ``tests/integration/make_test_ckpt.py``);
     all with the TAESD VAE. ``FASTDRAG_TEST_CKPT`` replaces the ``sd15`` one. Building needs the
     comfy-harness's ``make_tiny_ckpt.py`` (``COMFY_HARNESS_DIR``)."""
     ckpt = os.environ.get("FASTDRAG_TEST_CKPT")
@@ -180,6 +181,7 @@ class ComfyClient:
     def __init__(self, url: str):
         self.url = url.rstrip("/")
         self.client_id = uuid.uuid4().hex
+        self.queued: set[str] = set()  # ids of the prompts this client queued and has not seen finish
 
     def _http(self, method, path, data=None, timeout=30, headers=None):
         hdrs = dict(headers or ({"Content-Type": "application/json"} if data else {}))
@@ -227,17 +229,20 @@ class ComfyClient:
             err = resp.get("error")
             msg = f"{err.get('message')}: {err.get('details')}" if isinstance(err, dict) else json.dumps(err)
             raise PromptError("validation", None, None, msg, resp)
+        self.queued.add(resp["prompt_id"])
         return resp["prompt_id"]
 
     def wait(self, pid: str, timeout: float = 900, raise_errors: bool = True) -> dict:
         """Wait for a queued prompt; return its history entry. Raises PromptError(kind='execution')
-        on an execution error unless ``raise_errors`` is False."""
+        on an execution error unless ``raise_errors`` is False. On timeout the prompt is cancelled
+        (:meth:`cancel`: that prompt only) and TimeoutError is raised."""
         t0, delay = time.time(), 0.05
         while time.time() - t0 < timeout:
             h = self.get(f"/history/{pid}")
             if pid in h:
                 st = h[pid].get("status", {})
                 if st.get("completed") or st.get("status_str") == "error":
+                    self.queued.discard(pid)
                     for kind, data in st.get("messages", []):
                         if kind == "execution_error" and raise_errors:
                             raise PromptError("execution", data.get("node_id"), data.get("node_type"),
@@ -245,15 +250,31 @@ class ComfyClient:
                     return h[pid]
             time.sleep(delay)
             delay = min(0.1, delay * 1.3)
-        self.interrupt()
-        raise TimeoutError(f"prompt {pid} not done after {timeout}s")
+        self.cancel(pid)
+        raise TimeoutError(f"prompt {pid} not done after {timeout}s (cancelled)")
 
     def run(self, prompt: dict, timeout: float = 900) -> dict:
         """Queue an API prompt and wait for it (see submit / wait)."""
         return self.wait(self.submit(prompt), timeout)
 
     def interrupt(self):
+        """Interrupt whatever prompt the server is running, whoever queued it (POST /interrupt).
+        To stop only this client's work use :meth:`cancel` / :meth:`cancel_queued`."""
         self._http("POST", "/interrupt", b"")
+
+    def cancel(self, pid: str):
+        """Stop one prompt, leaving every other prompt on the server alone: removed from the queue
+        if it is still waiting (POST /queue ``delete``), interrupted if it is running (POST
+        /interrupt with its ``prompt_id``: ComfyUI then interrupts only when that prompt runs)."""
+        body = json.dumps({"delete": [pid]}).encode()
+        self._http("POST", "/queue", body)
+        self._http("POST", "/interrupt", json.dumps({"prompt_id": pid}).encode())
+        self.queued.discard(pid)
+
+    def cancel_queued(self):
+        """Cancel every prompt this client queued and has not seen finish (e.g. on Ctrl-C)."""
+        for pid in sorted(self.queued):
+            self.cancel(pid)
 
     def running(self) -> bool:
         return bool(self.get("/queue").get("queue_running"))

@@ -47,7 +47,6 @@ METHODS = {"fastdrag": os.path.join(HERE, "workflows", "fastdrag.json"),
            "dragdiffusion": os.path.join(HERE, "workflows", "dragdiffusion.json")}
 PER_SAMPLE_MARKS = ("image", "mask", "points", "prompt", "checkpoint", "output")
 METRIC_NODES = ("DragMeanDistance", "DragImageFidelity", "LoadImage", "CheckpointLoaderSimple")
-HARNESS_COMFYUI = os.path.expanduser("~/.cache/comfy-harness/ComfyUI")
 
 
 def log(msg: str = ""):
@@ -87,9 +86,7 @@ def connect(args):
         if not client.ready():
             sys.exit(f"dragbench: no ComfyUI answers at {args.url}")
         return client, None
-    root, reason = comfy_client.find_comfyui(args.comfyui)
-    if root is None and os.path.isfile(os.path.join(HARNESS_COMFYUI, "main.py")):
-        root = HARNESS_COMFYUI
+    root, reason = comfy_client.find_comfyui(args.comfyui)  # --comfyui, COMFYUI_ROOT, ..., the harness's
     if root is None:
         sys.exit(f"dragbench: {reason}")
     log(f"starting ComfyUI from {root} ...")
@@ -409,7 +406,7 @@ def main(argv=None):
             run.progress(k, len(chosen), t_start, len(chosen) - k)
         run.finish(len(samples))
     except KeyboardInterrupt:
-        client.interrupt()
+        client.cancel_queued()  # only this run's prompts: a shared server's other work goes on
         log("\ninterrupted; run the same command again to resume (samples with a result are skipped)")
         return 130
     finally:

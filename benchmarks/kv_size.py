@@ -15,8 +15,9 @@ Run with ComfyUI's python (it imports ``comfy``):
     ~/.cache/comfy-harness/venv/bin/python benchmarks/kv_size.py --arch sdxl --full --size 1024
     ~/.cache/comfy-harness/venv/bin/python benchmarks/kv_size.py --arch sdxl --size 256 --json   # tiny
 
-Environment: ``COMFYUI_ROOT`` (default ``~/.cache/comfy-harness/ComfyUI``), ``COMFY_HARNESS_DIR``
-(default: ``shared/tools/comfy-harness`` next to the repo or a folder above it).
+Environment: ``COMFYUI_ROOT`` (default: the ComfyUI this pack sits in, else the comfy-harness's:
+``comfy_client.find_comfyui``), ``COMFY_HARNESS_DIR`` (default: ``shared/tools/comfy-harness`` next
+to the repo or a folder above it).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from comfy_client import harness_dir  # noqa: E402  (stdlib only)
+from comfy_client import find_comfyui, harness_dir  # noqa: E402  (stdlib only)
 
 
 def load_harness():
@@ -47,7 +48,10 @@ def kv_layout(arch: str, full: bool, size: int) -> list[dict]:
     import torch
 
     mtc = load_harness()
-    mtc.setup_comfy(os.environ.get("COMFYUI_ROOT", os.path.expanduser("~/.cache/comfy-harness/ComfyUI")))
+    root, reason = find_comfyui()
+    if root is None:
+        sys.exit(f"kv_size: {reason}")
+    mtc.setup_comfy(root)
     import comfy.ops
     from comfy.ldm.modules.attention import SpatialTransformer
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel

@@ -40,7 +40,8 @@ DRAGDIFFUSION_SUPPORTED = "SD1.x and SD2.x (eps and v-prediction) checkpoints"
 # What each method's nodes accept (the message names it). DragDiffusion is FastDrag's rule without the
 # SDXL family: its supervision feature (diffusers up_blocks[2]) and its controlled self-attention layers
 # (transformer blocks 10-15 of 16) are positions in the SD1.5 UNet, which SD2.x shares and SDXL lacks.
-METHODS = {"FastDrag": SUPPORTED, "DragDiffusion": DRAGDIFFUSION_SUPPORTED}
+METHODS = {"FastDrag": SUPPORTED, "DragDiffusion": DRAGDIFFUSION_SUPPORTED,
+           "DIFT": SUPPORTED}  # DragBench's Mean Distance (DragMeanDistance): FastDrag's rule
 
 # ComfyUI model config class names -> what users call them (anything else is shown as it is).
 _FAMILY_LABELS = {

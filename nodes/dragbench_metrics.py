@@ -18,7 +18,6 @@ t = 261 noise, and the mean is what every ComfyUI encode gives, so the mean is u
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -28,12 +27,12 @@ import torch
 from comfy_api.latest import io, ui
 
 import comfy.model_management
-import comfy.model_sampling
 import comfy.sample
 import comfy.samplers
 
 from ..fastdrag_core import metrics
 from ..fastdrag_core import points as fd_points
+from .model_support import supported_model
 from .unet_features import DecoderFeatureTap, FeaturesReady, feature_entry_block
 
 log = logging.getLogger(__name__)
@@ -47,16 +46,16 @@ def _one_image(image: torch.Tensor, name: str, node: str) -> torch.Tensor:
     return image[0, ..., :3]
 
 
-def _check_dift_model(model, node: str):
-    ms = model.get_model_object("model_sampling")
-    ok = (isinstance(ms, comfy.model_sampling.ModelSamplingDiscrete) and isinstance(ms, comfy.model_sampling.EPS)
-          and not isinstance(ms, (comfy.model_sampling.EDM, comfy.model_sampling.X0))
-          and len(ms.sigmas) > metrics.DIFT_TIMESTEP)
-    if not ok:
-        raise ValueError(f"{node}: DIFT needs a discrete-time diffusion UNet (eps or v-prediction: SD1.x, SD2.x "
-                         f"as in the official protocol (SD 2.1), SDXL); this model samples with "
-                         f"{type(ms).__name__}")
-    return ms
+def dift_model(model, node: str):
+    """(MODEL to run, its model sampling) for DIFT, by the pack's model rule (:func:`supported_model`,
+    method ``"DIFT"`` = FastDrag's: SD1.x, SD2.x and SDXL families, eps or v-prediction; flow, EDM, x0 and
+    the rest refused by name). An LCM model runs as the plain eps model on the full 1000-step table, the
+    DDPM schedule the official ``dift_sd.py`` noises with."""
+    sm = supported_model(model, node, method="DIFT")
+    if len(sm.model_sampling.sigmas) <= metrics.DIFT_TIMESTEP:
+        raise ValueError(f"{node}: DIFT noises to timestep {metrics.DIFT_TIMESTEP}; this model's schedule has "
+                         f"only {len(sm.model_sampling.sigmas)} steps")
+    return sm.apply(model), sm.model_sampling
 
 
 def _features_only(model, x, sigmas, extra_args=None, callback=None, disable=None):
@@ -66,9 +65,9 @@ def _features_only(model, x, sigmas, extra_args=None, callback=None, disable=Non
 
 
 @torch.no_grad()
-def dift_features(model, positive, latent: torch.Tensor, noise: torch.Tensor, node: str) -> torch.Tensor:
-    """Ensemble-mean ``up_blocks[1]`` features [1, C, h, w] of a VAE latent [1, c, h, w] (see module doc)."""
-    ms = _check_dift_model(model, node)
+def dift_features(model, ms, positive, latent: torch.Tensor, noise: torch.Tensor, node: str) -> torch.Tensor:
+    """Ensemble-mean ``up_blocks[1]`` features [1, C, h, w] of a VAE latent [1, c, h, w] (see module doc);
+    ``model`` and its model sampling ``ms`` as :func:`dift_model` gives them."""
     tap = DecoderFeatureTap.for_up_blocks(model.get_model_object("diffusion_model"), [metrics.DIFT_UP_INDEX], node,
                                           stop_when_done=True)  # the decoder after up_blocks[1] is not run
     patched = model.clone()
@@ -136,14 +135,14 @@ class DragMeanDistance(io.ComfyNode):
             fd_points.check_points_in_image(drags, width, height)
         except ValueError as e:
             raise ValueError(f"{node}: {e} (source is {width}x{height})") from None
-        _check_dift_model(model, node)
+        model, ms = dift_model(model, node)  # before any work
         feature_entry_block(model.get_model_object("diffusion_model"), metrics.DIFT_UP_INDEX, node)  # fail early
         positive = clip.encode_from_tokens_scheduled(clip.tokenize(prompt))
         z_src, z_edt = vae.encode(src[None]), vae.encode(edt[None])  # the posterior mean (module doc)
         noise_src, noise_edt = metrics.dift_noise(z_src.shape, ensemble, seed)
-        ft_src = dift_features(model, positive, z_src, noise_src, node)
+        ft_src = dift_features(model, ms, positive, z_src, noise_src, node)
         comfy.model_management.throw_exception_if_processing_interrupted()
-        ft_edt = dift_features(model, positive, z_edt, noise_edt, node)
+        ft_edt = dift_features(model, ms, positive, z_edt, noise_edt, node)
         matches = metrics.match_points(ft_src, ft_edt, drags.handles, drags.targets, (height, width),
                                        check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted)
         md = metrics.mean_distance(matches)
@@ -162,26 +161,19 @@ def alexnet_weights_file() -> tuple[str, str]:
     return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url)), url
 
 
-@functools.lru_cache(maxsize=2)
-def _load_lpips(weights_key, device: str):
-    import lpips
-
-    return lpips.LPIPS(net="alex", verbose=False).eval().requires_grad_(False).to(device)
-
-
 def lpips_model(node: str = "DragImageFidelity"):
-    """LPIPS(net='alex') on ComfyUI's device, loaded once per weights file; clear errors when the
-    package or the backbone weights are missing."""
+    """LPIPS(net='alex') on ComfyUI's device, loaded for this call (no module-level cache: a V3 node's
+    execute runs on a fresh class clone; torchvision's 244 MB AlexNet file loads in 0.7-1 s on CPU from
+    the page cache); clear errors when the package or the backbone weights are missing."""
     try:
-        import lpips  # noqa: F401
+        import lpips
         path, url = alexnet_weights_file()
     except ImportError as e:
         raise ValueError(f"{node}: Image Fidelity needs the 'lpips' package ({e}). Install it into ComfyUI's "
                          f"Python: {sys.executable} -m pip install {LPIPS_PIP}") from None
-    key = (path, os.path.getmtime(path), os.path.getsize(path)) if os.path.exists(path) else (path, None, None)
-    device = str(comfy.model_management.get_torch_device())
+    device = comfy.model_management.get_torch_device()
     try:
-        return _load_lpips(key, device)
+        return lpips.LPIPS(net="alex", verbose=False).eval().requires_grad_(False).to(device)
     except Exception as e:  # noqa: BLE001  torchvision's download or load failed
         if os.path.exists(path):
             raise ValueError(f"{node}: could not load the AlexNet weights {path} ({type(e).__name__}: {e}); "

@@ -11,13 +11,14 @@ import subprocess
 import numpy as np
 
 
-def texture(h: int, w: int, seed: int = 0) -> np.ndarray:
-    """A smooth, non-repeating colour texture (sum of random plane waves), uint8 H x W x 3."""
+def texture(h: int, w: int, seed: int = 0, freq: tuple[float, float] = (0.02, 0.25)) -> np.ndarray:
+    """A smooth, non-repeating colour texture (sum of 12 random plane waves, each frequency component
+    drawn in ``freq`` cycles per pixel), uint8 H x W x 3."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:h, 0:w].astype(np.float64)
     img = np.zeros((h, w, 3))
     for _ in range(12):
-        fx, fy = rng.uniform(0.02, 0.25, 2) * rng.choice([-1, 1], 2)
+        fx, fy = rng.uniform(freq[0], freq[1], 2) * rng.choice([-1, 1], 2)
         img += rng.uniform(0.2, 1.0, 3) * np.sin(2 * np.pi * (fx * x + fy * y)[..., None] + rng.uniform(0, 2 * np.pi, 3))
     img = (img - img.min()) / (img.max() - img.min())
     return (img * 255).round().astype(np.uint8)
@@ -95,21 +96,24 @@ def random_alexnet(seed: int = 0) -> dict:
     return sd
 
 
-def install_random_alexnet(server, seed: int = 0) -> dict:
-    """Random AlexNet weights where torchvision looks in the test server's own TORCH_HOME."""
+def install_random_alexnet(server, seed: int = 0, overwrite: bool = False) -> dict:
+    """Random AlexNet weights where torchvision looks in the test server's own TORCH_HOME
+    (``<base>/torch_home``, set by ComfyServer: never the user's torch hub cache)."""
     import torch
 
     sd = random_alexnet(seed)
     path = os.path.join(server.base, "torch_home", "hub", "checkpoints", ALEXNET_FILE)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    if not os.path.exists(path):
-        torch.save(sd, path)
+    if overwrite or not os.path.exists(path):
+        torch.save(sd, path + ".tmp")
+        os.replace(path + ".tmp", path)
     return sd
 
 
 def lpips_lin_weights(server) -> str | None:
-    """The lpips package's linear-head weights file in ComfyUI's python, or None without lpips."""
-    out = subprocess.run([server.py, "-c", "import importlib.util as u, os; s = u.find_spec('lpips'); "
-                          "print(os.path.join(os.path.dirname(s.origin), 'weights', 'v0.1', 'alex.pth') if s else '')"],
-                         capture_output=True, text=True, check=True).stdout.strip()
+    """The lpips package's linear-head weights file in ComfyUI's python, or None when that python
+    cannot import lpips (or the package lacks the file)."""
+    out = subprocess.run([server.py, "-c", "import os, lpips; p = os.path.join(os.path.dirname(lpips.__file__), "
+                          "'weights', 'v0.1', 'alex.pth'); print(p if os.path.exists(p) else '')"],
+                         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}).stdout.strip()
     return out or None

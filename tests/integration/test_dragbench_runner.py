@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from comfy_server import skip_or_fail
 from dragbench_data import SAMPLES, UNSAFE, install_random_alexnet, lpips_lin_weights, make_dragbench
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -28,7 +29,8 @@ def run_cli(*args, timeout=600):
 @pytest.fixture(scope="module")
 def bench_run(server, tmp_path_factory):
     if lpips_lin_weights(server) is None:
-        pytest.skip("lpips is not installed in ComfyUI's python (see .ci/run)")
+        skip_or_fail(f"lpips is not importable by ComfyUI's python {server.py} (.ci/run installs it: "
+                     f"{server.py} -m pip install --no-deps lpips==0.1.4)")
     install_random_alexnet(server)
     root = str(tmp_path_factory.mktemp("dragbench"))
     marker = os.path.join(root, "pwned")
