@@ -79,6 +79,20 @@ def read_json(path: str):
 
 
 # ------------------------------------------------------------------------------------ server
+RUNNER_CACHE = ("--cache-lru", "32")
+
+
+def server_args(comfy_args) -> list:
+    """main.py arguments of the runner's own server: the user's ``--comfy-arg``s, and, unless they pick
+    a cache mode, an LRU node cache. ComfyUI's default cache keeps only the last prompt's nodes, and the
+    runner alternates edit and metric prompts, so the edit's and DIFT's checkpoint loaders would load
+    their models again for every sample."""
+    args = list(comfy_args or ())
+    if not any(a.split("=")[0] in ("--cache-lru", "--cache-none", "--cache-ram", "--cache-classic") for a in args):
+        args += RUNNER_CACHE
+    return args
+
+
 def connect(args):
     """(client, process or None): the --url server, or one started from --comfyui."""
     if args.url:
@@ -90,7 +104,8 @@ def connect(args):
     if root is None:
         sys.exit(f"dragbench: {reason}")
     log(f"starting ComfyUI from {root} ...")
-    proc = comfy_client.ComfyProcess(root, python=args.python, cpu={"auto": None, "cpu": True, "gpu": False}[args.device], extra_args=args.comfy_arg or ())
+    proc = comfy_client.ComfyProcess(root, python=args.python, cpu={"auto": None, "cpu": True, "gpu": False}[args.device],
+                                     extra_args=server_args(args.comfy_arg))
     try:
         proc.wait_ready()
     except (RuntimeError, TimeoutError) as e:

@@ -89,3 +89,12 @@ def test_runner_arguments_and_selection(tmp_path):
                               "--samples", "animals", "art_work/a"])
     assert [r.key for r in runner.select(refs, args)] == ["art_work/a", "animals/b", "animals/c"]
     assert runner.fmt_time(3725) == "1:02:05" and runner.fmt_time(65) == "1:05"
+
+
+def test_runner_server_keeps_the_loaders_cached_unless_told_otherwise():
+    runner = load_runner()
+    # ComfyUI's default cache drops nodes absent from the last prompt: edit and metric prompts alternate
+    assert runner.server_args(None) == ["--cache-lru", "32"]
+    assert runner.server_args(["--lowvram"]) == ["--lowvram", "--cache-lru", "32"]
+    for mode in (["--cache-none"], ["--cache-lru", "4"], ["--cache-lru=4"], ["--cache-ram"], ["--cache-classic"]):
+        assert runner.server_args(mode) == mode
