@@ -19,7 +19,7 @@ server) and prints, from one run:
 Run with ComfyUI's python (it imports ComfyUI):
 
     OMP_NUM_THREADS=1 ~/.cache/comfy-harness/venv/bin/python benchmarks/bench_lora.py --ckpt sd15_layout --size 64
-    python benchmarks/bench_lora.py --device cuda --ckpt /path/to/v1-5-pruned-emaonly.safetensors --size 512
+    /path/to/ComfyUI/venv/bin/python benchmarks/bench_lora.py --device gpu --ckpt /path/to/v1-5-pruned-emaonly.safetensors --size 512
 
 ``--ckpt`` is a checkpoint path or a tiny test kind (sd15, sd15_layout, sdxl, sd2v: the files the
 integration tests build in ~/.cache/comfyui-fastdrag, built here when missing). ``--comfyui``
@@ -44,7 +44,8 @@ import comfy_client  # noqa: E402  (stdlib only)
 
 def parse():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--device", choices=["cpu", "gpu", "cuda"], default="cpu",
+                    help="cpu, or gpu (= cuda; the same word as bench_dragdiffusion.py and dragbench.py)")
     ap.add_argument("--ckpt", default="sd15_layout", help="checkpoint path or tiny kind (default sd15_layout)")
     ap.add_argument("--size", type=int, default=64, help="square image side in px (latent = size / 8)")
     ap.add_argument("--steps", type=int, default=6, help="LoRA steps to time (80 = the official run)")
@@ -52,7 +53,9 @@ def parse():
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--comfyui", default=None, help="the ComfyUI checkout (default: COMFYUI_ROOT, else the one "
                                                     "this pack sits in, else the comfy-harness's)")
-    return ap.parse_args()
+    args = ap.parse_args()
+    args.device = "cuda" if args.device == "gpu" else args.device
+    return args
 
 
 class Memory:
