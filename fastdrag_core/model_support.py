@@ -21,7 +21,8 @@ Cascade, video, non-4-channel latents and transformer (DiT) denoisers are refuse
 
 The DragDiffusion nodes use the same rule (``method="DragDiffusion"``; LCM handled the same way, so their
 timesteps match the latent's schedule tag from FastDragInvert) and also refuse the SDXL family, whose UNet
-lacks the SD1.5 positions the method is defined on.
+lacks the SD1.5 positions the method is defined on. DragMeanDistance (``"DIFT"``) and DragDiffusionLoRA
+(``"the identity LoRA"``) take FastDrag's rule.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ DRAGDIFFUSION_SUPPORTED = "SD1.x and SD2.x (eps and v-prediction) checkpoints"
 # SDXL family: its supervision feature (diffusers up_blocks[2]) and its controlled self-attention layers
 # (transformer blocks 10-15 of 16) are positions in the SD1.5 UNet, which SD2.x shares and SDXL lacks.
 METHODS = {"FastDrag": SUPPORTED, "DragDiffusion": DRAGDIFFUSION_SUPPORTED,
-           "DIFT": SUPPORTED}  # DragBench's Mean Distance (DragMeanDistance): FastDrag's rule
+           "DIFT": SUPPORTED,  # DragBench's Mean Distance (DragMeanDistance): FastDrag's rule
+           "the identity LoRA": SUPPORTED}  # DragDiffusionLoRA: trains on SDXL too (DragDiffusionEdit refuses it)
 
 # ComfyUI model config class names -> what users call them (anything else is shown as it is).
 _FAMILY_LABELS = {
@@ -110,8 +112,9 @@ def _sampling_name(desc: ModelDescription) -> str:
 def decide(desc: ModelDescription, node: str, method: str = "FastDrag") -> Support:
     """Accept ``desc`` or raise ``ValueError('<node>: <family> ... is not supported ...; <what to change>')``.
 
-    ``method``: ``"FastDrag"`` (the FastDrag nodes) or ``"DragDiffusion"`` (the DragDiffusion nodes: the
-    same rule, LCM included, and SDXL-family UNets refused, see :data:`METHODS`)."""
+    ``method`` names the nodes asking (see :data:`METHODS`): ``"FastDrag"``; ``"DragDiffusion"`` (the same
+    rule, LCM included, and SDXL-family UNets refused); ``"DIFT"`` (DragMeanDistance) and ``"the identity
+    LoRA"`` (DragDiffusionLoRA), both FastDrag's rule. Messages name it."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; one of {sorted(METHODS)}")
     fam = family_label(desc.family)
@@ -128,35 +131,37 @@ def decide(desc: ModelDescription, node: str, method: str = "FastDrag") -> Suppo
                      "not an image model", "use an image checkpoint")
     if desc.latent_channels != 4:
         raise refuse(f"uses {desc.latent_channels}-channel latents (format {desc.latent_format}, as SD3, Flux "
-                     "and newer), FastDrag warps 4-channel SD/SDXL VAE latents", "use an image checkpoint of "
+                     f"and newer), {method} works on 4-channel SD/SDXL VAE latents", "use an image checkpoint of "
                      "those families")
     s = set(desc.sampling)
     sampling = _sampling_name(desc)
+    needs = "FastDrag's DDIM inversion needs" if method == "FastDrag" else f"{method} needs"
     if s & set(_FLOW):
-        raise refuse(f"uses flow-matching sampling ({sampling}, as SD3, Flux, AuraFlow and newer); FastDrag's "
-                     "DDIM inversion needs a discrete eps or v-prediction schedule")
+        raise refuse(f"uses flow-matching sampling ({sampling}, as SD3, Flux, AuraFlow and newer); {needs} a "
+                     "discrete eps or v-prediction schedule")
     if s & set(_EDM):
         raise refuse(f"uses continuous-time EDM sampling ({sampling}, as Playground 2.5, CosXL or Stable Video "
-                     "Diffusion); FastDrag's DDIM inversion needs the discrete 1000-step schedule")
+                     f"Diffusion); {needs} the discrete 1000-step schedule")
     if "StableCascadeSampling" in s:
         raise refuse(f"uses Stable Cascade sampling ({sampling})")
     if "IMG_TO_IMG" in s:
         raise refuse(f"uses img_to_img sampling ({sampling}), which has no noise schedule to invert")
     if "X0" in s:
-        raise refuse(f"predicts x0 directly ({sampling}); FastDrag needs eps or v-prediction",
+        raise refuse(f"predicts x0 directly ({sampling}); {method} needs eps or v-prediction",
                      "remove the ModelSamplingDiscrete(x0) node or choose eps / v_prediction there"
                      if desc.sampling_patched else None)
     if "ModelSamplingDiscrete" not in s or not s & {"EPS", "V_PREDICTION"}:
-        raise refuse(f"uses an unknown model sampling ({sampling}); FastDrag needs ComfyUI's discrete eps or "
+        raise refuse(f"uses an unknown model sampling ({sampling}); {method} needs ComfyUI's discrete eps or "
                      "v-prediction sampling")
     prediction = "v_prediction" if "V_PREDICTION" in s else "eps"
     lcm = "ModelSamplingDiscreteDistilled" in s
     if desc.latent_format not in ("SD15", "SDXL"):
-        raise refuse(f"uses {desc.latent_format} latents; FastDrag supports the SD1.x/SD2.x (SD15) and SDXL "
+        raise refuse(f"uses {desc.latent_format} latents; {method} supports the SD1.x/SD2.x (SD15) and SDXL "
                      "latent formats")
     if desc.decoder_attn1 <= 0:
-        raise refuse(f"has no self-attention layers in a UNet decoder (denoiser {desc.denoiser}); FastDrag's "
-                     "consistency strategy stores the K/V of those layers")
+        raise refuse(f"has no self-attention layers in a UNet decoder (denoiser {desc.denoiser}); "
+                     + ("FastDrag's consistency strategy stores the K/V of those layers" if method == "FastDrag"
+                        else f"{method} needs a Stable Diffusion UNet"))
     if method == "DragDiffusion" and desc.latent_format == "SDXL":
         raise refuse("is an SDXL-family UNet: DragDiffusion's supervision feature (the output of diffusers' "
                      "up_blocks[2]) and its controlled self-attention layers (transformer blocks 10-15 of 16) "

@@ -35,13 +35,11 @@ from comfy_api.latest import io, ui
 
 import comfy.lora
 import comfy.model_management
-import comfy.model_sampling
 import comfy.samplers
 import comfy.sd
 import comfy.utils
 import folder_paths
 from comfy.ldm.modules.attention import CrossAttention
-from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 from comfy.weight_adapter.lora import LoraDiff
 from comfy_extras.nodes_train import TrainGuider, process_cond_list
 
@@ -59,27 +57,10 @@ FILE_TAG = "fastdrag_node"  # safetensors metadata key marking files this node w
 # -- checks ------------------------------------------------------------------------------------------------
 
 
-def check_model(model, node: str = NODE) -> tuple[object, str]:
-    """(model_sampling, "eps" | "v") of a UNet model with a discrete noise schedule, or a ValueError."""
-    dm = model.get_model_object("diffusion_model")
-    if not isinstance(dm, UNetModel):
-        raise ValueError(f"{node}: this model's diffusion model is {type(dm).__name__}; the identity LoRA "
-                         "supports Stable Diffusion UNet checkpoints (SD1.x, SD2.x, SDXL)")
-    ms = model.get_model_object("model_sampling")
-    ms_name = type(ms).__name__
-    discrete = (isinstance(ms, comfy.model_sampling.ModelSamplingDiscrete)
-                and not isinstance(ms, (comfy.model_sampling.ModelSamplingDiscreteEDM,
-                                        comfy.model_sampling.StableCascadeSampling)))
-    other = tuple(getattr(comfy.model_sampling, k) for k in ("EDM", "X0", "CONST", "COSMOS_RFLOW")
-                  if hasattr(comfy.model_sampling, k))
-    if not discrete or isinstance(ms, other):
-        kinds = [k for k in ("EDM", "X0", "IMG_TO_IMG", "CONST", "COSMOS_RFLOW", "V_PREDICTION", "EPS")
-                 if isinstance(ms, getattr(comfy.model_sampling, k, ()))]
-        raise ValueError(f"{node}: this model uses {kinds[0] if kinds else ms_name} prediction with "
-                         f"{ms_name}; the identity LoRA trains eps- or v-prediction models with a "
-                         "discrete 1000-step schedule (SD1.x, SD2.x, SDXL)")
-    prediction = "v" if isinstance(ms, comfy.model_sampling.V_PREDICTION) else "eps"
-    return ms, prediction
+def lora_model_rule(model, node: str = NODE):
+    """The pack's model rule (:func:`nodes.model_support.supported_model`) for the identity LoRA: SD1.x,
+    SD2.x and SDXL UNets, eps or v-prediction, LCM trained as the plain eps model; others refused by name."""
+    return supported_model(model, node, method="the identity LoRA")
 
 
 def check_clean_latent(latent, model, node: str = NODE) -> torch.Tensor:
@@ -332,8 +313,10 @@ def train_identity_lora(model, positive, samples: torch.Tensor, settings: core.L
     Behind LCM sampling (``ModelSamplingDiscrete(lcm)``) it trains the plain eps model on the full
     1000-step table (the pack's model rule, :func:`nodes.model_support.supported_model`), as the official
     training's DDPM scheduler does, not LCM's 50-entry table and boundary condition."""
-    model = supported_model(model, NODE).apply(model)
-    ms, prediction = check_model(model)
+    rule = lora_model_rule(model)
+    model = rule.apply(model)
+    ms = rule.model_sampling
+    prediction = "v" if rule.support.prediction == "v_prediction" else "eps"
     init_generator = torch.Generator(device="cpu").manual_seed(core.init_seed(settings.seed))
     data_generator = torch.Generator(device="cpu").manual_seed(settings.seed)
     dtype = compute_dtype(model)
@@ -477,8 +460,8 @@ class DragDiffusionLoRA(io.ComfyNode):
         except ValueError as e:
             raise ValueError(f"{NODE}: {e}") from None
         save_name = (save_name or "").strip()
+        lora_model_rule(model)  # before any other check: the model decides what the latent may be
         samples = check_clean_latent(latent, model)
-        check_model(model)
         if not positive:
             raise ValueError(f"{NODE}: positive conditioning is empty; connect a CLIPTextEncode of the prompt")
         path = lora_file_path(save_name) if save_name else None

@@ -370,4 +370,9 @@ def test_unsupported_model_sampling_is_refused(server, image):
     p["edm"] = {"class_type": "ModelSamplingContinuousEDM", "inputs": {"model": ["ckpt", 0], "sampling": "edm",
                                                                        "sigma_max": 120.0, "sigma_min": 0.002}}
     p["lora"] = lora_node(model=("edm", 0))
-    assert_node_error(server, p, "this model uses EDM prediction")
+    # the pack's one rule, naming the node's method and what it supports (SDXL included)
+    assert_node_error(server, p, "DragDiffusionLoRA: this SD1.x model uses continuous-time EDM sampling "
+                                 "(ModelSamplingContinuousEDM")
+    p["lora"]["inputs"]["seed"] = 1
+    assert_node_error(server, p, "the identity LoRA supports SD1.x, SD2.x (eps and v-prediction) and "
+                                 "SDXL-family (eps and v-prediction) checkpoints")
