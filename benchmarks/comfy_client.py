@@ -206,10 +206,6 @@ class ComfyClient:
         except (OSError, ValueError):
             return False
 
-    def node_classes(self) -> set[str]:
-        """Every node class the server knows (GET /object_info)."""
-        return set(self.get("/object_info", timeout=120))
-
     def has_node(self, class_type: str) -> bool:
         """Whether the server knows this node class (GET /object_info/<class>: {} when it does not)."""
         return bool(self.get(f"/object_info/{urllib.parse.quote(class_type)}", timeout=60))

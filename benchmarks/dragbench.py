@@ -134,7 +134,7 @@ def resolve_checkpoint(client, proc, name: str, what: str) -> str:
 def check_nodes(client, needed, what: str):
     missing = sorted(c for c in set(needed) if not client.has_node(c))
     if missing:
-        hint = (" (the DragDiffusion nodes are not in this version of the pack)" if "DragDiffusionEdit" in missing
+        hint = (" (is comfyui-fastdrag 0.2.0 or newer loaded on that server? see its log)" if "DragDiffusionEdit" in missing
                 else " (is the comfyui-fastdrag pack loaded? see the server log)")
         sys.exit(f"dragbench: the server has no {', '.join(missing)} node{'s' if len(missing) > 1 else ''} "
                  f"needed by {what}{hint}")

@@ -163,7 +163,7 @@ def alexnet_weights_file() -> tuple[str, str]:
 
 def lpips_model(node: str = "DragImageFidelity"):
     """LPIPS(net='alex') on ComfyUI's device, loaded for this call (no module-level cache: a V3 node's
-    execute runs on a fresh class clone; torchvision's 244 MB AlexNet file loads in 0.7-1 s on CPU from
+    execute runs on a fresh class clone; torchvision's 233 MiB AlexNet file loads in 0.7-1 s on CPU from
     the page cache); clear errors when the package or the backbone weights are missing."""
     try:
         import lpips

@@ -162,6 +162,12 @@ def frozen_parameters(module: torch.nn.Module, device):
     * any other parameter (an ordinary tensor, or one offloaded to another device, which ComfyUI's cast
       copies per call) is replaced by a Parameter on the same storage that does not require grad.
 
+    Why a swap on the loaded module and not a weight wrapper (``add_weight_wrapper``, which
+    DragDiffusionLoRA uses): a wrapper runs on every forward and would copy each inference weight
+    at every one of the up to 80 iterations (160 UNet calls with the mask term); the swap copies once
+    per loop. ComfyUI runs one prompt at a time, and the ``finally`` puts every Parameter back (the
+    integration test compares each one before and after).
+
     Yields a :class:`LoopWeights`."""
     swapped = []
     info = LoopWeights()

@@ -53,10 +53,6 @@ class DragSpec:
                 raise ValueError(f"mask must be bool [{self.height}, {self.width}], got "
                                  f"{self.mask.dtype} {list(self.mask.shape)}")
 
-    @property
-    def is_noop(self) -> bool:
-        return all(h == t for h, t in zip(self.handles, self.targets))
-
     def __repr__(self):  # shown in ComfyUI's PreviewAny and in logs
         mask = "whole image" if self.mask is None else f"{int(self.mask.sum())} px"
         return (f"DragSpec({len(self.handles)} drags on {self.width}x{self.height}, mask: {mask}, "

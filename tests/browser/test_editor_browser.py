@@ -280,7 +280,7 @@ def test_templates_load_without_overlap_and_name_their_files(ui):
 
 @pytest.mark.parametrize("name", sorted(os.path.splitext(os.path.basename(p))[0]
                                         for p in glob.glob(os.path.join(WORKFLOWS, "*.json"))))
-def test_example_workflow_in_browser(ui, name):
+def test_template_runs_in_browser(ui, name):
     with open(os.path.join(WORKFLOWS, name + ".json")) as f:
         wf = json.load(f)
     nodes = {n["id"]: n for n in wf["nodes"]}

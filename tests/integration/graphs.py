@@ -57,13 +57,3 @@ def edit_node(drag=("pts", 0), model=("ckpt", 0), positive=("pos", 0), image=("i
 
 def save_node(path: str, **tensors) -> dict:
     return {"class_type": "FastDragTestSave", "inputs": {"path": path, **{k: list(v) for k, v in tensors.items()}}}
-
-
-def edit_prompt(ckpt: str, drags, **edit_kwargs) -> dict:
-    """Full FastDragEdit graph ending in a PreviewImage (for the benchmark)."""
-    p = base(ckpt)
-    del p["enc"]
-    p["pts"] = points_node(points_json(drags))
-    p["edit"] = edit_node(**edit_kwargs)
-    p["out"] = {"class_type": "PreviewImage", "inputs": {"images": ["edit", 0]}}
-    return p

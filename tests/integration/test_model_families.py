@@ -41,7 +41,7 @@ def injection(server, entry, node):
 
 
 def family_base(ckpt):
-    # the empty prompt, as in the example workflow (ComfyUI computes identical nodes once); the cfg > 1
+    # the empty prompt, as in the SDXL template (ComfyUI computes identical nodes once); the cfg > 1
     # negative is zeroed out instead of encoded (the SDXL text encoder costs ~1 s per prompt on a CPU)
     return {
         "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
@@ -52,7 +52,7 @@ def family_base(ckpt):
     }
 
 
-def example_workflow(server, ckpt, prefix="wf_"):
+def template_workflow(server, ckpt, prefix="wf_"):
     """workflows/FastDrag edit on SDXL.json as the UI saved it, in API form, on ``ckpt`` and the 64 px image."""
     with open(os.path.join(REPO, "workflows", "FastDrag edit on SDXL.json")) as fh:
         wf = json.load(fh)
@@ -157,14 +157,14 @@ def test_refused_sampling(server, node, inputs, needle):
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
 def family_run(request, server, tmp_path_factory):
     """One prompt per family: stage pipeline at cfg 1 and 3, a no-op FastDragEdit, the float64 reference
-    inversion, and the example workflow (its graph and drag; strength 0.3 like the rest)."""
+    inversion, and the template (its graph and drag; strength 0.3 like the rest)."""
     kind = request.param
     ckpt = server.add_checkpoint(kind)
     server.write_input(IMAGE64, pattern_png(SIZE, SIZE))
     d = str(tmp_path_factory.mktemp(kind))
     f = {k: os.path.join(d, k + ".pt") for k in ("inv", "s_on", "noop", "ref", "inv3", "s3", "wf")}
     p = family_base(ckpt)
-    wf, wf_edit = example_workflow(server, ckpt)
+    wf, wf_edit = template_workflow(server, ckpt)
     p.update(wf)
     p["inv"] = invert_node(steps=STEPS, strength=STRENGTH)
     p["inv"]["inputs"]["kv_device"] = "auto"  # as FastDragEdit passes it: one inversion for inv, noop and wf
@@ -221,7 +221,7 @@ def test_inversion_matches_float64_official(family_run):
     assert rel < 1e-5, rel
 
 
-def test_example_workflow_runs_and_edits(family_run):
+def test_template_runs_and_edits(family_run):
     """workflows/FastDrag edit on SDXL.json (its graph and drag; it ships 10 steps / 0.7 / cfg 1, run at 0.3) on the
     tiny model."""
     _, entry, r = family_run

@@ -387,7 +387,7 @@ def test_drag_of_another_image(server):
     assert e.value.node_type == "FastDragWarp" and "64x64 image" in e.value.message, e.value.message
 
 
-def test_example_workflows_are_served_as_templates(server):
+def test_workflows_folder_is_served_as_templates(server):
     """workflows/ is served as the pack's templates, with each one's thumbnail; every node of every
     template is a registered node type (or one of the front end's own: notes, reroutes)."""
     shipped = sorted(f[:-5] for f in os.listdir(os.path.join(REPO, "workflows")) if f.endswith(".json"))
