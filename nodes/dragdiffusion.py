@@ -164,7 +164,7 @@ def frozen_parameters(module: torch.nn.Module, device):
 
     Why a swap on the loaded module and not a weight wrapper (``add_weight_wrapper``, which
     DragDiffusionLoRA uses): a wrapper runs on every forward and would copy each inference weight
-    at every one of the up to 80 iterations (160 UNet calls with the mask term); the swap copies once
+    at every UNet call of the up to 80 iterations; the swap copies once
     per loop. ComfyUI runs one prompt at a time, and the ``finally`` puts every Parameter back (the
     integration test compares each one before and after).
 
