@@ -52,12 +52,21 @@ def check_comfyui_version() -> bool:
     return level == logging.INFO
 
 
+# ComfyUI (app/custom_node_manager.py) serves the first of these folders a pack has as its templates
+SHADOWING_TEMPLATE_FOLDERS = ("example_workflows", "example", "examples", "workflow")
+
+
 def check_template_folder(pack_dir: str) -> None:
-    """Warn when an ``example_workflows/`` folder (from a copy older than 0.2) sits beside
-    ``workflows/``: ComfyUI then serves that one as the pack's templates and the shipped ones 404."""
+    """Warn when a folder ComfyUI looks at before ``workflows/`` (an ``example_workflows/`` from a copy
+    older than 0.2, or ``example/``, ``examples/``, ``workflow/``) sits beside it: ComfyUI then serves
+    that one as the pack's template folder and the shipped templates 404."""
     import os
 
-    old = os.path.join(pack_dir, "example_workflows")
-    if os.path.isdir(old) and os.path.isdir(os.path.join(pack_dir, "workflows")):
-        log.warning("[FastDrag] %s is left from an older version of this pack: ComfyUI serves it instead of "
-                    "workflows/, so the templates are missing; delete that folder and restart.", old)
+    if not os.path.isdir(os.path.join(pack_dir, "workflows")):
+        return
+    for name in SHADOWING_TEMPLATE_FOLDERS:
+        old = os.path.join(pack_dir, name)
+        if os.path.isdir(old):
+            log.warning("[FastDrag] %s hides workflows/: ComfyUI serves it as this pack's templates instead, so "
+                        "the shipped templates are missing (%s is left from an older version of the pack or "
+                        "was added by hand); delete or rename that folder and restart.", old, name)

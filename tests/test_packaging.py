@@ -37,6 +37,23 @@ def test_version_messages():
     assert vc.version_message(None)[0] == logging.WARNING
 
 
+def test_a_folder_comfyui_serves_before_workflows_is_warned_about(tmp_path, caplog):
+    """ComfyUI v0.8.0 (app/custom_node_manager.py) looks for example_workflows, example, examples,
+    workflow, then workflows; any of the first four beside workflows/ hides the shipped templates."""
+    vc = _version_check()
+    (tmp_path / "workflows").mkdir()
+    with caplog.at_level(logging.WARNING):
+        vc.check_template_folder(str(tmp_path))
+    assert not caplog.records
+    for name in ("example_workflows", "example", "examples", "workflow"):
+        caplog.clear()
+        (tmp_path / name).mkdir()
+        with caplog.at_level(logging.WARNING):
+            vc.check_template_folder(str(tmp_path))
+        assert len(caplog.records) == 1 and f"{name} hides workflows/" in caplog.text, caplog.text
+        (tmp_path / name).rmdir()
+
+
 def test_no_placeholder_repository_url():
     for name in ("pyproject.toml", "README.md"):
         text = open(os.path.join(ROOT, name)).read()
