@@ -2,7 +2,9 @@
 float64 references written here from the equations (bilinear sampling per cell, brute-force
 tracking, Adam from its update rule) that share no code with the module."""
 
+import importlib.util
 import math
+import os
 
 import pytest
 import torch
@@ -13,37 +15,17 @@ from fastdrag_core import dragdiffusion as dd
 # -- float64 references (independent of the module) -----------------------------------------------
 
 
-def ref_bilinear(feat, y, x):
-    """feat [C, H, W] float64 at real (y, x); rows/cols outside are the border ones (replicate)."""
-    _, height, width = feat.shape
-    y0, x0 = math.floor(y), math.floor(x)
-    fy, fx = y - y0, x - x0
-
-    def at(r, c):
-        return feat[:, min(max(r, 0), height - 1), min(max(c, 0), width - 1)]
-
-    return ((1 - fy) * (1 - fx) * at(y0, x0) + fy * (1 - fx) * at(y0 + 1, x0)
-            + (1 - fy) * fx * at(y0, x0 + 1) + fy * fx * at(y0 + 1, x0 + 1))
+def _load_equations():
+    """The float64 equations shared with the server-side reference node (no ComfyUI import)."""
+    path = os.path.join(os.path.dirname(__file__), "integration", "fastdrag_testpack", "dd_equations.py")
+    spec = importlib.util.spec_from_file_location("fastdrag_dd_equations", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
-def ref_motion_loss(feat, handles, targets, r_m):
-    """L_ms = sum_i (2r+1)^2 * mean over patch cells and channels of |sg F_q - F_{q+d}|."""
-    f = feat[0]
-    channels, height, width = f.shape
-    total = feat.new_zeros(())
-    for (hr, hc), (tr, tc) in zip(handles.tolist(), targets.tolist()):
-        dist = math.hypot(tr - hr, tc - hc)
-        if dist < 2.0:
-            continue
-        dr, dc = (tr - hr) / dist, (tc - hc) / dist
-        rows = range(max(0, int(hr) - r_m), min(height, int(hr) + r_m + 1))
-        cols = range(max(0, int(hc) - r_m), min(width, int(hc) + r_m + 1))
-        acc = feat.new_zeros(())
-        for r in rows:
-            for c in cols:
-                acc = acc + (f[:, r, c].detach() - ref_bilinear(f, r + dr, c + dc)).abs().sum()
-        total = total + (2 * r_m + 1) ** 2 * acc / (channels * len(rows) * len(cols))
-    return total
+_EQ = _load_equations()
+ref_bilinear, ref_motion_loss = _EQ.bilinear, _EQ.motion_loss
 
 
 def ref_track(feat0, feat1, handles, handles_init, r_p):

@@ -20,6 +20,8 @@ import torch.nn.functional as F
 
 import comfy.model_management
 
+from .dd_equations import motion_loss
+
 
 def _up_block_end(dm, up_index):
     """Index of the output block whose last layer produces diffusers' up_blocks[up_index] output."""
@@ -31,38 +33,6 @@ def _up_block_end(dm, up_index):
         up_index -= 1
         start = end
     raise ValueError("no such up block")
-
-
-def _bilinear(f, y, x):
-    """f [C, H, W] at real (y, x), replicate outside."""
-    _, height, width = f.shape
-    y0, x0 = math.floor(y), math.floor(x)
-    fy, fx = y - y0, x - x0
-
-    def at(r, c):
-        return f[:, min(max(r, 0), height - 1), min(max(c, 0), width - 1)]
-
-    return ((1 - fy) * (1 - fx) * at(y0, x0) + fy * (1 - fx) * at(y0 + 1, x0)
-            + (1 - fy) * fx * at(y0, x0 + 1) + fy * fx * at(y0 + 1, x0 + 1))
-
-
-def _motion_loss(feat, handles, targets, r_m):
-    f = feat[0]
-    channels, height, width = f.shape
-    total = feat.new_zeros(())
-    for (hr, hc), (tr, tc) in zip(handles, targets):
-        dist = math.hypot(tr - hr, tc - hc)
-        if dist < 2.0:
-            continue
-        dr, dc = (tr - hr) / dist, (tc - hc) / dist
-        rows = range(max(0, int(hr) - r_m), min(height, int(hr) + r_m + 1))
-        cols = range(max(0, int(hc) - r_m), min(width, int(hc) + r_m + 1))
-        acc = feat.new_zeros(())
-        for r in rows:
-            for c in cols:
-                acc = acc + (f[:, r, c].detach() - _bilinear(f, r + dr, c + dc)).abs().sum()
-        total = total + (2 * r_m + 1) ** 2 * acc / (channels * len(rows) * len(cols))
-    return total
 
 
 class FastDragTestDDFirstStep:
@@ -103,7 +73,7 @@ class FastDragTestDDFirstStep:
             hook.remove()
             h2, w2 = 4 * z.shape[-2], 4 * z.shape[-1]  # half the 8x image
             feat = F.interpolate(got["f"], size=(h2, w2), mode="bilinear")
-            loss = _motion_loss(feat, handles, targets, r_m)
+            loss = motion_loss(feat, handles, targets, r_m)
             (g,) = torch.autograd.grad(loss, z)
             z1 = z.detach() - lr * g / (g.abs() + 1e-8)
             samples = lf.process_out(z1 * math.sqrt(sigma * sigma + 1))
