@@ -482,24 +482,32 @@ async def templates_scenario(cdp, args, R):
     R["listed"] = sorted(listed)
     await cdp.js("Promise.resolve(app.extensionManager.command.execute('Comfy.BrowseTemplates')).then(() => true)")
     # the pack's own category in the dialog's navigation (label = the pack's folder name)
-    nav = await cdp.wait(f"""(() => {{
+    nav_js = f"""(() => {{
       const el = [...document.querySelectorAll('[role=dialog] *')].find(e => e.children.length === 0
         && e.textContent.trim() === {json.dumps(args.pack_name)});
       if (!el) return null; const r = el.getBoundingClientRect();
-      return r.width > 0 && [r.x + r.width / 2, r.y + r.height / 2]; }})()""", timeout=20)
-    await cdp.click(*nav)
-    try:  # the cards and their thumbnails load lazily
-        await cdp.wait(f"""(() => {{ const imgs = [...document.querySelectorAll('[role=dialog] img')]
-          .filter(i => i.getBoundingClientRect().width > 0);
-          return imgs.length >= {len(listed)} && imgs.every(i => i.complete && i.naturalWidth > 0); }})()""", timeout=20)
-    except TimeoutError:
-        pass  # the test reports what is there
-    await asyncio.sleep(0.3)
-    R["cards"] = await cdp.js("""(() => [...document.querySelectorAll('[role=dialog] img')]
+      return r.width > 0 && [r.x + r.width / 2, r.y + r.height / 2]; }})()"""
+    cards_js = """(() => [...document.querySelectorAll('[role=dialog] img')]
       .filter(i => i.getBoundingClientRect().width > 0)
       .map(i => { let c = i; for (let k = 0; k < 8 && c && !/card/i.test(c.className || ''); k++) c = c.parentElement;
                   return {src: i.currentSrc || i.src, loaded: i.complete && i.naturalWidth > 0,
-                          text: (c || i.parentElement).innerText}; }))()""")
+                          text: (c || i.parentElement).innerText}; }))()"""
+    pack_cards_shown = f"""(() => {{ const names = {json.dumps(listed)}; const cards = {cards_js};
+      return cards.length === names.length && cards.every(c => c.loaded
+             && names.some(n => (c.text || '').includes(n))); }})()"""
+    # the dialog opens with ComfyUI's own templates and an opening animation: click the category once
+    # its place has settled, and again if the pack's cards (thumbnails load lazily) do not come
+    for _ in range(3):
+        nav = await cdp.wait(nav_js, timeout=20)
+        await asyncio.sleep(0.3)
+        nav = await cdp.wait(nav_js, timeout=5)
+        await cdp.click(*nav)
+        try:
+            await cdp.wait(pack_cards_shown, timeout=8)
+            break
+        except TimeoutError:
+            pass  # the test reports what is there after the last try
+    R["cards"] = await cdp.js(cards_js)
     await shoot(cdp, args, "templates_dialog.png")
     R["closed"] = await close_dialogs(cdp)
 
