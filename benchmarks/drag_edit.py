@@ -39,6 +39,9 @@ SAMPLE_POINTS = os.path.join(HERE, "data", "sample_points.json")
 SAMPLE_PROMPT = "a house on a green hill under a sunny sky"
 METHODS = {"fastdrag": os.path.join(HERE, "workflows", "fastdrag.json"),
            "dragdiffusion": os.path.join(HERE, "workflows", "dragdiffusion.json")}
+# the tiny random test checkpoint each method runs on without --checkpoint: DragDiffusion supervises
+# diffusers up_blocks[2], which the harness's 2-level tiny UNet does not have
+TINY_KIND = {"fastdrag": "sd15", "dragdiffusion": "sd15_layout"}
 
 
 def fail(msg: str):
@@ -101,6 +104,11 @@ def inputs(args):
     return img, points, mask, prompt, image if shown.startswith("..") else shown
 
 
+def tiny_kind(args) -> str:
+    """The tiny test checkpoint kind for the method (an own --workflow: the harness's tiny SD1.5)."""
+    return "sd15" if args.workflow else TINY_KIND[args.method]
+
+
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_argument_group("what to edit (default: the bundled sample)")
@@ -152,7 +160,7 @@ def main(argv=None):
         py = args.python or comfy_client.comfy_python(root)
         if tiny:
             try:
-                args.checkpoint = comfy_client.tiny_checkpoint(root, py, "sd15")
+                args.checkpoint = comfy_client.tiny_checkpoint(root, py, tiny_kind(args))
             except comfy_client.NoTestCheckpoint as e:
                 fail(f"{e}; or give --checkpoint")
         print(f"starting ComfyUI from {root} ...", flush=True)

@@ -6,7 +6,7 @@ nodes are wired to the real upstream nodes (the inputs' links), so ComfyUI cache
 stages: a re-drag (new points) reuses the encoding, the LoRA and the inversion.
 
 ``model`` is the one input ComfyUI evaluates before this node runs: the model rule of the DragDiffusion
-nodes is applied to it first, so an unsupported model (SDXL, EDM, flow, ...) is refused before the LoRA
+nodes and DragDiffusionDrag's feature check (a UNet deep enough for ``up_blocks[2]``) are applied to it first, so an unsupported model (SDXL, EDM, flow, ...) is refused before the LoRA
 training and the inversion; its link, for the expansion, is read from the (dynamic) prompt. The other
 inputs are raw links, never evaluated here.
 """
@@ -17,7 +17,8 @@ from comfy_api.latest import io
 
 from comfy_execution.graph_utils import GraphBuilder
 
-from .dragdiffusion import dd_supported_model
+from .dragdiffusion import FEATURE_UP_BLOCK, dd_supported_model
+from .unet_features import feature_entry_block
 from .types import FastDragDrag
 
 NODE = "DragDiffusionEdit"
@@ -105,6 +106,7 @@ class DragDiffusionEdit(io.ComfyNode):
                 negative=None, learning_rate=0.01, lam=0.1, r_m=1, r_p=3, start_step=0, start_layer=10,
                 lora_learning_rate=5e-4, lora_rank=16, lora_batch_size=4, seed=0) -> io.NodeOutput:
         dd_supported_model(model, NODE)  # before the LoRA training and the inversion
+        feature_entry_block(model.get_model_object("diffusion_model"), FEATURE_UP_BLOCK, NODE)  # as DragDiffusionDrag
         model = input_link(cls.hidden.dynprompt, cls.hidden.unique_id, "model")
         g = GraphBuilder()
         neg = {} if negative is None else {"negative": negative}

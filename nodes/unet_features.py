@@ -37,7 +37,8 @@ def feature_entry_block(diffusion_model, up_index: int, node: str) -> int:
     if not 0 <= up_index < len(levels) - 1:
         raise ValueError(f"{node}: up block {up_index} is not available on this UNet: it has "
                          f"{len(levels)} decoder levels, features can be read from up blocks "
-                         f"0-{len(levels) - 2}")
+                         f"0-{len(levels) - 2}. Use a full-size SD1.x/SD2.x checkpoint (the method reads "
+                         f"diffusers up_blocks[{up_index}])")
     return levels[up_index + 1].start
 
 

@@ -401,6 +401,28 @@ def test_other_families_are_refused_before_any_work(server, case):
         assert line not in log, line
 
 
+def test_edit_refuses_a_unet_without_the_feature_block_before_any_work(server):
+    """A UNet too shallow for up_blocks[2] (the harness's tiny SD1.5: 2 decoder levels) is refused by
+    DragDiffusionEdit itself, naming the block, before the LoRA training and the inversion ran (it used
+    to fail in DragDiffusionDrag after both)."""
+    p = dd_base(server)
+    for k in ("ckpt",):
+        p[k]["inputs"]["ckpt_name"] = server.ckpt_name  # the session's tiny sd15
+    p["pts"] = points_node(points_json(DRAG, SIZE, SIZE))
+    p["x"] = edit_node(lora_steps=2)
+    p["out"] = {"class_type": "PreviewAny", "inputs": {"source": ["x", 2]}}
+    del p["inv"]
+    before = len(server.log_text())
+    with pytest.raises(PromptError) as exc:
+        server.run(p)
+    log = server.log_text()[before:]
+    err = exc.value
+    assert (err.node_id, err.node_type) == ("x", "DragDiffusionEdit"), (err.node_id, err.node_type, err.message)
+    assert "DragDiffusionEdit: up block 2 is not available on this UNet: it has 2 decoder levels" in err.message
+    for line in ("DragDiffusionLoRA:", "FastDragInvert:", "DragDiffusionDrag: t="):
+        assert line not in log, (line, log[-2000:])
+
+
 def test_reference_control_chains_another_packs_attn1_replace(server, outdir):
     """Another pack's attn1 replace on the decoder layers (per site or per block) keeps running under
     DragDiffusionSample: on the controlled layers (blocks 10-15 = output blocks 6-11) it is chained and
