@@ -85,3 +85,21 @@ def test_js_drag_cap_equals_the_core_cap():
 
     js = open(os.path.join(ROOT, "web", "js", "fastdrag_points_model.js")).read()
     assert f"export const MAX_DRAGS = {MAX_DRAGS};" in js
+
+
+def test_readme_is_the_front_door():
+    """The README stays a front door: at most 300 lines, the two set-up commands, the main job and the
+    test command that .ci/run runs, links to docs/ and CONTRIBUTING.md that exist, and no word of the
+    environment the pack happens to be developed in (its package index, a sibling folder of tools)."""
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    assert len(text.splitlines()) <= 300, len(text.splitlines())
+    for command in ("python3 -m pip install torch==2.13.0 -r requirements-dev.txt", "bash scripts/setup_comfyui.sh",
+                    "python3 benchmarks/drag_edit.py", "python3 -m pytest -q"):
+        assert command in text, command
+    assert "python3 -m pytest -q" in open(os.path.join(ROOT, ".ci", "run")).read()
+    for word in ("workplace", "../shared", "harness"):
+        assert word not in text, word
+    import re
+
+    for link in re.findall(r"\]\(((?:docs/|CONTRIBUTING|CHANGELOG)[^)#]*)", text):
+        assert os.path.exists(os.path.join(ROOT, link)), link
