@@ -66,7 +66,7 @@ def find_comfyui(root: str | None = None) -> tuple[str | None, str]:
     if os.path.isfile(os.path.join(harness_comfyui(), "main.py")):
         return harness_comfyui(), ""
     return None, ("no ComfyUI: set COMFYUI_ROOT to a ComfyUI checkout (and COMFYUI_PYTHON to its python), "
-                  "pass --comfyui / --url, or set it up with ../shared/tools/comfy-harness/setup.sh")
+                  "pass --comfyui / --url, or set one up with: bash scripts/setup_comfyui.sh")
 
 
 def comfy_python(root: str) -> str:

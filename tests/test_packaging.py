@@ -103,3 +103,26 @@ def test_readme_is_the_front_door():
 
     for link in re.findall(r"\]\(((?:docs/|CONTRIBUTING|CHANGELOG)[^)#]*)", text):
         assert os.path.exists(os.path.join(ROOT, link)), link
+
+
+def test_pyproject_has_the_registry_fields():
+    """The Comfy Registry's pyproject fields (docs.comfy.org/registry/specifications): name (< 100
+    characters, letters, digits, '-', '_', '.', no two specials in a row, not starting with a digit or
+    special), X.Y.Z version, [tool.comfy] PublisherId and DisplayName, the minimum ComfyUI the pack
+    checks at load (nodes/version_check.py), and classifiers from the registry's OS / GPU / license
+    families only."""
+    import re
+    import tomllib
+
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        meta = tomllib.load(f)
+    project, comfy = meta["project"], meta["tool"]["comfy"]
+    name = project["name"]
+    assert len(name) < 100 and re.fullmatch(r"[A-Za-z][A-Za-z0-9]*([-_.][A-Za-z0-9]+)*", name), name
+    assert re.fullmatch(r"\d+\.\d+\.\d+", project["version"]), project["version"]
+    assert re.fullmatch(r"[a-z0-9][a-z0-9-]*", comfy["PublisherId"]), comfy["PublisherId"]
+    assert comfy["DisplayName"].strip()
+    assert comfy["requires-comfyui"].startswith(">=")  # equal to MIN_COMFYUI: test_min_comfyui_declared_equals_checked
+    families = ("Operating System :: ", "Environment :: GPU :: ", "License :: OSI Approved :: ")
+    assert project["classifiers"] and all(c.startswith(families) for c in project["classifiers"]), project["classifiers"]
+    assert "Operating System :: Microsoft :: Windows" in project["classifiers"]
