@@ -20,16 +20,30 @@ from .points import FastDragPoints
 from .sample import FastDragSample
 from .warp import FastDragWarp
 
-NODE_LIST: list[type[io.ComfyNode]] = [
+# The pack's nodes by node id. ComfyUI loads them through the root package's ``comfy_entrypoint`` (a
+# ``NODE_CLASS_MAPPINGS`` in the root ``__init__.py`` would make it skip the entry point); this literal
+# table, outside the root, is where registry tooling that reads node packs statically (e.g. comfy-test's
+# coverage) finds them. A unit test keeps its keys equal to the classes' schema ids.
+NODE_CLASS_MAPPINGS: dict[str, type[io.ComfyNode]] = {
     # FastDrag
-    FastDragPoints, FastDragInvert, FastDragWarp, FastDragBNNI, FastDragSample, FastDragEdit,
+    "FastDragPoints": FastDragPoints,
+    "FastDragInvert": FastDragInvert,
+    "FastDragWarp": FastDragWarp,
+    "FastDragBNNI": FastDragBNNI,
+    "FastDragSample": FastDragSample,
+    "FastDragEdit": FastDragEdit,
     # DragDiffusion
-    DragDiffusionLoRA, DragDiffusionDrag, DragDiffusionSample, DragDiffusionEdit,
+    "DragDiffusionLoRA": DragDiffusionLoRA,
+    "DragDiffusionDrag": DragDiffusionDrag,
+    "DragDiffusionSample": DragDiffusionSample,
+    "DragDiffusionEdit": DragDiffusionEdit,
     # DragBench: sample loader and metrics
-    DragBenchSample, DragMeanDistance, DragImageFidelity,
-]
+    "DragBenchSample": DragBenchSample,
+    "DragMeanDistance": DragMeanDistance,
+    "DragImageFidelity": DragImageFidelity,
+}
 
 
 class FastDragExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return list(NODE_LIST)
+        return list(NODE_CLASS_MAPPINGS.values())
