@@ -16,13 +16,14 @@ from .dragdiffusion_edit import DragDiffusionEdit
 from .dragdiffusion_sample import DragDiffusionSample
 from .edit import FastDragEdit
 from .invert import FastDragInvert
+from .object_move import FastDragMoveObject
 from .points import FastDragPoints
 from .sample import FastDragSample
 from .warp import FastDragWarp
 
 NODE_LIST: list[type[io.ComfyNode]] = [
     # FastDrag
-    FastDragPoints, FastDragInvert, FastDragWarp, FastDragBNNI, FastDragSample, FastDragEdit,
+    FastDragPoints, FastDragInvert, FastDragWarp, FastDragBNNI, FastDragMoveObject, FastDragSample, FastDragEdit,
     # DragDiffusion
     DragDiffusionLoRA, DragDiffusionDrag, DragDiffusionSample, DragDiffusionEdit,
     # DragBench: sample loader and metrics
