@@ -15,7 +15,8 @@ from graphs import base, edit_node, invert_node, points_json, points_node, sampl
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 LAYERS_TINY = 4  # decoder attn1 layers of the tiny UNet
-K = 7            # round(0.7 * 10)
+STRENGTH = 0.3   # 3 inversion and 3 sampling steps (t = 201, 101, 1): CI time; the maths is per step
+K = 3            # round(0.3 * 10)
 DRAG = [((50, 50), (80, 76))]   # latent shift (dy, dx) = (3, 3): the object overlaps its old place
 NOOP = [((60, 60), (60, 60))]
 
@@ -53,7 +54,7 @@ def _move(latent, drag, mode="move", overlap="keep object", fill_region=None):
 
 def _ref(path, task, fill_region=None):
     inputs = {"model": ["ckpt", 0], "positive": ["pos", 0], "latent": ["enc", 0], "mask": ["mask", 0],
-              "points": _flat(DRAG), "task": task, "steps": 10, "strength": 0.7, "path": path}
+              "points": _flat(DRAG), "task": task, "steps": 10, "strength": STRENGTH, "path": path}
     if fill_region is not None:
         inputs["fill_region"] = list(fill_region)
     return {"class_type": "FastDragTestRefObjectMove", "inputs": inputs}
@@ -66,18 +67,18 @@ def run(server, tmp_path_factory):
     p = base(server.ckpt_name)
     p.update(_mask("mask", 30, 26, 44, 50))      # the object
     p.update(_mask("region", 84, 4, 30, 20))     # a fill region
-    p["inv"] = invert_node()
+    p["inv"] = invert_node(strength=STRENGTH)
     p["plain"] = sample_node(("inv", 0), ("inv", 1))
     p["pts"] = points_node(points_json(DRAG), mask=("mask", 0))
     p["pts0"] = points_node(points_json(NOOP), mask=("mask", 0))
-    p["noop"] = edit_node(drag=("pts0", 0), task="copy object")
+    p["noop"] = edit_node(drag=("pts0", 0), task="copy object", strength=STRENGTH)
     p["mv"] = _move(("inv", 0), ("pts", 0), overlap="official")
     p["s_mv"] = sample_node(("mv", 0), ("inv", 1))
     p["cp"] = _move(("inv", 0), ("pts", 0), mode="copy")
     p["fill"] = _move(("inv", 0), ("pts", 0), overlap="official", fill_region=("region", 0))
     p["keep"] = _move(("inv", 0), ("pts", 0))
     p["s_keep"] = sample_node(("keep", 0), ("inv", 1))
-    p["edit"] = edit_node(drag=("pts", 0), task="move object")
+    p["edit"] = edit_node(drag=("pts", 0), task="move object", strength=STRENGTH)
     p["ref_mv"] = _ref(f["ref_mv"], "object moving")
     for k, src in (("inv", "inv"), ("plain", "plain"), ("mv", "mv"), ("s_mv", "s_mv"), ("cp", "cp"),
                    ("fill", "fill"), ("keep", "keep"), ("s_keep", "s_keep")):
@@ -129,7 +130,7 @@ def test_pipeline_matches_float64_reference_with_kv_injection(server, run):
         assert r[ref]["layers"] == LAYERS_TINY and r[ref]["injected"] == 2 * LAYERS_TINY * K
         rel = float((ours - want).norm() / want.norm())
         print(f"{key} vs float64 reference: relative L2 {rel:.2e}, max abs {float((ours - want).abs().max()):.2e}")
-        assert rel < 1e-3, (key, rel)
+        assert rel < 1e-4, (key, rel)
         assert _hits(server, entry, key) == (LAYERS_TINY * K, 0, 0)
     # the edit matters: the moved and the plain results differ well beyond the agreement above
     assert float((r["s_mv"]["latent"] - r["plain"]["latent"]).norm() / r["plain"]["latent"].norm()) > 1e-2
@@ -157,7 +158,7 @@ def test_refusals_name_the_node_and_the_value(server, graph, needle):
     p.update(_mask("mask", 30, 26, 44, 50))
     drags = DRAG + [((20, 20), (30, 30))] if graph == "several" else DRAG
     p["pts"] = points_node(points_json(drags), mask=None if graph == "nomask" else ("mask", 0))
-    p["inv"] = invert_node()
+    p["inv"] = invert_node(strength=STRENGTH)
     region = None
     if graph == "region":
         p["r"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 64, "height": 64}}
