@@ -234,6 +234,8 @@ def register_routes(routes, cache_bytes: int = CACHE_BYTES) -> DecodedImageCache
         headers = {"X-FastDrag-Grid": "%dx%d" % tuple(info["grid"]), "X-FastDrag-Holes": str(info["holes"]),
                    "X-FastDrag-Whole-Image": "1" if info["whole_image"] else "0",
                    "X-FastDrag-Ms": f"{ms:.1f}", "Cache-Control": "no-store"}
+        if "shift" in info:  # move / copy object: the object's shift (dx, dy) in latent cells
+            headers["X-FastDrag-Shift"] = "%d,%d" % tuple(info["shift"])
         return web.Response(body=png, content_type="image/png", headers=headers)
 
     return cache

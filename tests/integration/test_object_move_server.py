@@ -63,7 +63,8 @@ def _ref(path, task, fill_region=None):
 @pytest.fixture(scope="module")
 def run(server, tmp_path_factory):
     d = str(tmp_path_factory.mktemp("objmove"))
-    f = {k: os.path.join(d, k + ".pt") for k in ("inv", "plain", "noop", "mv", "s_mv", "ref_mv", "cp", "fill", "mask", "region", "keep", "s_keep", "edit")}
+    f = {k: os.path.join(d, k + ".pt") for k in ("inv", "plain", "noop", "mv", "s_mv", "ref_mv", "cp", "fill", "mask", "region", "keep", "s_keep", "edit",
+                                                   "old", "stage_drag")}
     p = base(server.ckpt_name)
     p.update(_mask("mask", 30, 26, 44, 50))      # the object
     p.update(_mask("region", 84, 4, 30, 20))     # a fill region
@@ -80,6 +81,15 @@ def run(server, tmp_path_factory):
     p["s_keep"] = sample_node(("keep", 0), ("inv", 1))
     p["edit"] = edit_node(drag=("pts", 0), task="move object", strength=STRENGTH)
     p["ref_mv"] = _ref(f["ref_mv"], "object moving")
+    # a FastDragEdit as saved before the task input existed: the drag pipeline, as before
+    p["old"] = edit_node(drag=("pts", 0), strength=STRENGTH)
+    p["warp"] = {"class_type": "FastDragWarp", "inputs": {"latent": ["inv", 0], "drag": ["pts", 0],
+                                                          "handle_on_cell": "paper"}}
+    p["bnni"] = {"class_type": "FastDragBNNI", "inputs": {"latent": ["warp", 0], "null_mask": ["warp", 1],
+                                                          "fill": "bnni"}}
+    p["stage_drag"] = sample_node(("bnni", 0), ("inv", 1))
+    p["save_old"] = save_node(f["old"], latent=("old", 1))
+    p["save_stage_drag"] = save_node(f["stage_drag"], latent=("stage_drag", 0))
     for k, src in (("inv", "inv"), ("plain", "plain"), ("mv", "mv"), ("s_mv", "s_mv"), ("cp", "cp"),
                    ("fill", "fill"), ("keep", "keep"), ("s_keep", "s_keep")):
         p["save_" + k] = save_node(f[k], latent=(src, 0))
@@ -145,6 +155,41 @@ def test_edit_task_expands_into_the_stage_nodes(run):
     _, r = run
     assert torch.equal(r["edit"]["latent"], r["s_keep"]["latent"])
     assert r["edit"]["image"].shape == (1, 128, 128, 3)
+
+
+def test_edit_without_task_is_the_drag_as_before(run):
+    _, r = run
+    assert torch.equal(r["old"]["latent"], r["stage_drag"]["latent"])
+    assert not torch.equal(r["old"]["latent"], r["s_keep"]["latent"])
+
+
+def _rgba_png(w, h, alpha):
+    """An RGBA PNG (stdlib only): a grey picture whose alpha(x, y) gives LoadImage's mask (1 - alpha)."""
+    import struct
+    import zlib
+    rows = b"".join(b"\x00" + b"".join(bytes((128, 128, 128, alpha(x, y))) for x in range(w)) for y in range(h))
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 6, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def test_preview_route_move_and_copy(server):
+    server.write_input("fastdrag_objmove_mask.png",
+                       _rgba_png(128, 128, lambda x, y: 0 if 30 <= x < 74 and 26 <= y < 76 else 255))
+    body = {"image": {"filename": "fastdrag_test.png"}, "mask": {"filename": "fastdrag_objmove_mask.png"},
+            "points": points_json(DRAG), "task": "move object", "overlap": "official"}
+    status, png = server._http("POST", "/fastdrag/preview", json.dumps(body).encode())
+    assert status == 200 and png[:8] == b"\x89PNG\r\n\x1a\n", png[:300]
+    h = server.last_headers
+    assert h["X-FastDrag-Shift"] == "3,3" and h["X-FastDrag-Grid"] == "16x16" and int(h["X-FastDrag-Holes"]) > 0
+    status, _ = server._http("POST", "/fastdrag/preview", json.dumps({**body, "task": "copy object"}).encode())
+    assert status == 200 and server.last_headers["X-FastDrag-Holes"] == "0"
+    two = {**body, "points": points_json(DRAG + [((20, 20), (30, 30))])}
+    status, err = server._http("POST", "/fastdrag/preview", json.dumps(two).encode())
+    assert status == 400 and "takes one drag" in json.loads(err)["error"], err
 
 
 @pytest.mark.parametrize("graph,needle", [
