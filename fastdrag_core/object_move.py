@@ -182,6 +182,16 @@ def several_drags_message(n: int) -> str:
             f"got {n}; remove the others (the official code silently uses the first) or use the task 'drag'")
 
 
+def region_to_latent(region: torch.Tensor, crop, latent_hw) -> torch.Tensor:
+    """An image-resolution region ([H, W], > 0 = set; a fill region or the object's mask) as the
+    official soft latent mask: cropped like VAEEncode (``crop`` from
+    :func:`fastdrag_core.points.vae_crop`), then :func:`fastdrag_core.points.image_mask_to_latent_soft`."""
+    from .points import image_mask_to_latent_soft
+
+    y0, x0, kept_h, kept_w = crop
+    return image_mask_to_latent_soft(region[y0:y0 + kept_h, x0:x0 + kept_w] > 0, tuple(latent_hw))
+
+
 def object_move_from_drag(drag) -> ObjectMove:
     """:class:`ObjectMove` of a checked drag request (:func:`fastdrag_core.points.check_drag`).
 
@@ -189,14 +199,11 @@ def object_move_from_drag(drag) -> ObjectMove:
         ValueError: several drags (:func:`several_drags_message`) or no mask (the whole picture
             would move).
     """
-    from .points import image_mask_to_latent_soft
-
     if len(drag.handles) != 1:
         raise ValueError(several_drags_message(len(drag.handles)))
     if drag.image_mask is None:
         raise ValueError("moving or copying an object needs a mask of the object (without one the whole picture "
                          "would move); paint it (mask editor or Load Image (as Mask)) and connect it to "
                          "FastDragPoints' mask")
-    y0, x0, kept_h, kept_w = drag.crop
-    soft = image_mask_to_latent_soft(drag.image_mask[y0:y0 + kept_h, x0:x0 + kept_w], tuple(drag.mask.shape))
+    soft = region_to_latent(drag.image_mask, drag.crop, drag.mask.shape)
     return object_move_args(drag.handles[0], drag.targets[0], soft)

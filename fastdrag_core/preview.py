@@ -230,8 +230,8 @@ def object_move_preview(image: torch.Tensor, points, mask: torch.Tensor | None, 
         PreviewRequestError: what the nodes refuse (several drags, no mask, a fill region of another
         size, ...).
     """
-    from .object_move import move_object, object_move_from_drag, shift_cells
-    from .points import check_drag, image_mask_to_latent_soft
+    from .object_move import move_object, object_move_from_drag, region_to_latent, shift_cells
+    from .points import check_drag
 
     if image.ndim != 3 or image.shape[-1] != 3:
         raise PreviewRequestError(f"image: expected [H, W, 3], got {tuple(image.shape)}")
@@ -248,7 +248,7 @@ def object_move_preview(image: torch.Tensor, points, mask: torch.Tensor | None, 
         if tuple(fill_region.shape) != (H, W):
             raise PreviewRequestError(f"fill_region: {'x'.join(str(d) for d in reversed(fill_region.shape))} (WxH) "
                                       f"does not match the {W}x{H} image")
-        fill = image_mask_to_latent_soft(fill_region[y0:y0 + kept_h, x0:x0 + kept_w] > 0, (h, w))
+        fill = region_to_latent(fill_region, drag.crop, (h, w))
     lat = F.avg_pool2d(image.permute(2, 0, 1)[None].float()[..., y0:y0 + kept_h, x0:x0 + kept_w], LATENT_FACTOR)
     mode = task.split()[0]
     try:

@@ -8,7 +8,7 @@ import torch
 from comfy_api.latest import io
 
 from ..fastdrag_core import points as core_points
-from ..fastdrag_core.object_move import move_object, object_move_from_drag
+from ..fastdrag_core.object_move import move_object, object_move_from_drag, region_to_latent
 from .invert import check_latent
 from .types import DragSpec, FastDragDrag
 
@@ -31,8 +31,7 @@ def check_fill_region(fill_region, spec: DragSpec, crop, latent_hw, node: str = 
     if m.ndim != 2 or tuple(m.shape) != (spec.height, spec.width):
         raise ValueError(f"{node}: fill_region is {'x'.join(str(d) for d in reversed(m.shape))} (WxH), which does "
                          f"not match the {spec.width}x{spec.height} image of the drag; give a mask of the image's size")
-    y0, x0, kept_h, kept_w = crop
-    return core_points.image_mask_to_latent_soft(m.detach().cpu()[y0:y0 + kept_h, x0:x0 + kept_w] > 0, latent_hw)
+    return region_to_latent(m.detach().cpu(), crop, latent_hw)
 
 
 def move_latent(latent: dict, drag, mode: str, overlap: str = "keep object", fill_region=None, node: str = NODE):
