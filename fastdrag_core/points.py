@@ -201,15 +201,20 @@ def image_mask_to_latent(mask: torch.Tensor, latent_hw) -> torch.Tensor:
     Returns:
         bool [h, w] (or [B, h, w]) on the mask's device.
     """
+    return image_mask_to_latent_soft(mask, latent_hw) > 0
+
+
+def image_mask_to_latent_soft(mask: torch.Tensor, latent_hw) -> torch.Tensor:
+    """The soft latent mask before the "> 0" test of :func:`image_mask_to_latent` (the official
+    ``mask_cp_handle`` of the object-moving task): float32 in [0, 1], same shapes and device."""
     if mask.dim() not in (2, 3):
         raise ValueError(f"image_mask_to_latent: mask must be [H, W] or [B, H, W], got shape {tuple(mask.shape)}")
     m = (mask > 0).to(torch.float32)
     m4 = m.reshape(-1, 1, *m.shape[-2:])
     half = F.interpolate(m4, size=(m.shape[-2] // 2, m.shape[-1] // 2), mode="nearest")
     lat = F.interpolate(half, size=(int(latent_hw[0]), int(latent_hw[1])), mode="bilinear",
-                        align_corners=False, antialias=False)
-    out = lat[:, 0] > 0
-    return out[0] if mask.dim() == 2 else out
+                        align_corners=False, antialias=False)[:, 0]
+    return lat[0] if mask.dim() == 2 else lat
 
 
 LATENT_FACTOR = 8  # VAE downscale of SD1.x: one latent cell per 8x8 pixels

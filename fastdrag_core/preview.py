@@ -30,6 +30,8 @@ FILE_TYPES = ("input", "temp", "output")  # the folders /view serves
 MASK_CHANNELS = ("alpha", "red", "green", "blue")  # LoadImageMask's channels; alpha means 1 - alpha
 MAX_POINTS_CHARS = 32_000  # 32 drags (the cap) take ~3,000
 HOLE_TINT = (1.0, 0.0, 1.0)
+TASKS = ("drag", "move object", "copy object")  # FastDragEdit's task choice
+OVERLAPS = ("keep object", "official")          # FastDragMoveObject's overlap choice
 
 
 class PreviewRequestError(ValueError):
@@ -52,6 +54,10 @@ class PreviewRequest:
     mask_channel: str
     points: object  # fastdrag_core.points.DragPoints
     holes: bool
+    task: str = "drag"
+    overlap: str = "keep object"
+    fill_region: FileRef | None = None
+    fill_channel: str = "alpha"
 
 
 def _prefixed(what: str, err: Exception) -> str:
@@ -132,7 +138,25 @@ def parse_preview_request(body) -> PreviewRequest:
     holes = body.get("holes", True)
     if not isinstance(holes, bool):
         raise PreviewRequestError("holes: must be true or false")
-    return PreviewRequest(image, mask, channel, points, holes)
+    return PreviewRequest(image, mask, channel, points, holes, *_parse_object_task(body))
+
+
+def _parse_object_task(body: dict):
+    """The object moving / copy fields: ``"task"`` (drag, move object, copy object), ``"overlap"``
+    (keep object, official) and ``"fill_region"`` (null or a file ref with a ``channel``)."""
+    task = body.get("task", "drag")
+    if task not in TASKS:
+        raise PreviewRequestError(f"task: {short_repr(task)} is not one of {', '.join(TASKS)}")
+    overlap = body.get("overlap", "keep object")
+    if overlap not in OVERLAPS:
+        raise PreviewRequestError(f"overlap: {short_repr(overlap)} is not one of {', '.join(OVERLAPS)}")
+    fill, channel = None, "alpha"
+    if body.get("fill_region") not in (None, "", {}):
+        fill = parse_file_ref(body["fill_region"], "fill_region")
+        channel = body["fill_region"].get("channel", "alpha") if isinstance(body["fill_region"], dict) else "alpha"
+        if channel not in MASK_CHANNELS:
+            raise PreviewRequestError(f"fill_region.channel: {short_repr(channel)} is not one of {', '.join(MASK_CHANNELS)}")
+    return task, overlap, fill, channel
 
 
 def warp_preview(image: torch.Tensor, points, mask: torch.Tensor | None = None, *, holes: bool = True,
@@ -183,6 +207,66 @@ def warp_preview(image: torch.Tensor, points, mask: torch.Tensor | None = None, 
         out = torch.where(null[..., None], 0.45 * out + 0.55 * tint, out)
     info = {"grid": [w, h], "holes": int(null.sum()), "mask_cells": int(drag.mask.sum()),
             "drags": len(drag.points), "whole_image": drag.image_mask is None}
+    return out, info
+
+
+def object_move_preview(image: torch.Tensor, points, mask: torch.Tensor | None, task: str, *,
+                        overlap: str = "keep object", fill_region: torch.Tensor | None = None,
+                        holes: bool = True):
+    """Object moving / copy of ``image`` ([H, W, 3] float 0..1) on the latent grid, as
+    FastDragMoveObject does it to the latent (``fastdrag_core.object_move``): the average-pooled
+    picture is the "latent", the object is pasted at the target and, when moving, its old place
+    filled from the tiled patch. With ``holes`` the filled cells are tinted magenta (the fill is
+    blended in with the soft mask, so partly filled cells are tinted in proportion).
+
+    Args:
+        task: "move object" or "copy object".
+        overlap: "keep object" (the moved object stays on top) or "official".
+        fill_region: [H, W] image-resolution fill region (> 0 = set) or None.
+    Returns:
+        (preview [h, w, 3], info dict as :func:`warp_preview`'s, ``holes`` = the filled cells,
+        plus ``moved`` = object cells and ``shift`` = [dx, dy] latent cells).
+    Raises:
+        PreviewRequestError: what the nodes refuse (several drags, no mask, a fill region of another
+        size, ...).
+    """
+    from .object_move import move_object, object_move_from_drag, region_to_latent, shift_cells
+    from .points import check_drag
+
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise PreviewRequestError(f"image: expected [H, W, 3], got {tuple(image.shape)}")
+    H, W = int(image.shape[0]), int(image.shape[1])
+    try:
+        drag = check_drag(points, (H, W), mask)
+        args = object_move_from_drag(drag)
+    except ValueError as e:
+        raise PreviewRequestError(str(e)) from None
+    y0, x0, kept_h, kept_w = drag.crop
+    h, w = kept_h // LATENT_FACTOR, kept_w // LATENT_FACTOR
+    fill = None
+    if fill_region is not None:
+        if tuple(fill_region.shape) != (H, W):
+            raise PreviewRequestError(f"fill_region: {'x'.join(str(d) for d in reversed(fill_region.shape))} (WxH) "
+                                      f"does not match the {W}x{H} image")
+        fill = region_to_latent(fill_region, drag.crop, (h, w))
+    lat = F.avg_pool2d(image.permute(2, 0, 1)[None].float()[..., y0:y0 + kept_h, x0:x0 + kept_w], LATENT_FACTOR)
+    mode = task.split()[0]
+    try:
+        moved = move_object(lat, args.mask, args.shift, args.target, mode, fill, keep_object=overlap == "keep object")
+    except ValueError as e:
+        raise PreviewRequestError(str(e)) from None
+    out = moved[0].permute(1, 2, 0).clamp(0, 1)
+    filled = torch.zeros(h, w)
+    if mode == "move":
+        filled = args.mask[0, 0].clone()
+        if overlap == "keep object":  # the pasted object covers the fill
+            filled = filled * (1 - shift_cells(args.mask, *args.shift)[0, 0])
+    if holes and bool((filled > 0).any()):
+        a = (0.55 * filled)[..., None]
+        out = (1 - a) * out + a * torch.tensor(HOLE_TINT, dtype=out.dtype)
+    info = {"grid": [w, h], "holes": int((filled > 0).sum()), "mask_cells": int(drag.mask.sum()),
+            "drags": len(drag.points), "whole_image": drag.image_mask is None,
+            "moved": int((args.mask > 0).sum()), "shift": [args.shift[1], args.shift[0]]}
     return out, info
 
 

@@ -16,6 +16,7 @@ from .dragdiffusion_edit import DragDiffusionEdit
 from .dragdiffusion_sample import DragDiffusionSample
 from .edit import FastDragEdit
 from .invert import FastDragInvert
+from .object_move import FastDragMoveObject
 from .points import FastDragPoints
 from .sample import FastDragSample
 from .warp import FastDragWarp
@@ -30,6 +31,7 @@ NODE_CLASS_MAPPINGS: dict[str, type[io.ComfyNode]] = {
     "FastDragInvert": FastDragInvert,
     "FastDragWarp": FastDragWarp,
     "FastDragBNNI": FastDragBNNI,
+    "FastDragMoveObject": FastDragMoveObject,
     "FastDragSample": FastDragSample,
     "FastDragEdit": FastDragEdit,
     # DragDiffusion

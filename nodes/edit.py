@@ -5,6 +5,9 @@ FastDragSample -> VAEDecode. Its MODEL/VAE/CONDITIONING/IMAGE/DRAG inputs are ta
 the expanded nodes are wired to the real upstream nodes and ComfyUI caches them like hand-wired stage
 nodes: when only the points change, VAEEncode and FastDragInvert come from the cache and only warp,
 fill, sampling and decoding run again.
+
+With ``task`` "move object" / "copy object", FastDragMoveObject (the official object moving / copy)
+takes the place of FastDragWarp + FastDragBNNI.
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ from comfy_execution.graph_utils import GraphBuilder
 
 from .types import FastDragDrag
 from .bnni import FILL_OPTIONS
+from .object_move import OVERLAP_OPTIONS
+
+TASKS = ["drag", "move object", "copy object"]
 
 
 class FastDragEdit(io.ComfyNode):
@@ -56,6 +62,16 @@ class FastDragEdit(io.ComfyNode):
                                          "sampling (FastDrag's consistency-preserving strategy)."),
                 io.Combo.Input("kv_device", options=["auto", "cpu"], default="auto", optional=True,
                                tooltip="Where the captured K/V live (see FastDragInvert)."),
+                io.Combo.Input("task", options=TASKS, default="drag", optional=True,
+                               tooltip="drag = FastDrag's drag (warp + fill); move object / copy object = the "
+                                       "official object moving / copy: one drag, the mask is the object (see "
+                                       "FastDragMoveObject)."),
+                io.Combo.Input("overlap", options=OVERLAP_OPTIONS, default="keep object", optional=True,
+                               tooltip="move object: where the object overlaps its old place, keep object = it "
+                                       "stays whole; official = the fill overwrites it."),
+                io.Mask.Input("fill_region", optional=True, raw_link=True,
+                              tooltip="move object: the region whose patch fills the old place (default: around "
+                                      "the target)."),
             ],
             outputs=[
                 io.Image.Output("image", display_name="image", tooltip="The dragged image."),
@@ -65,14 +81,22 @@ class FastDragEdit(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, vae, positive, image, drag, steps, strength, cfg, negative=None, fill="bnni",
-                handle_on_cell="paper", consistency=True, kv_device="auto") -> io.NodeOutput:
+                handle_on_cell="paper", consistency=True, kv_device="auto", task="drag", overlap="keep object",
+                fill_region=None) -> io.NodeOutput:
         g = GraphBuilder()
         neg = {} if negative is None else {"negative": negative}
         enc = g.node("VAEEncode", pixels=image, vae=vae)
         inv = g.node("FastDragInvert", model=model, positive=positive, latent=enc.out(0), steps=steps,
                      strength=strength, cfg=cfg, kv_device=kv_device, **neg)
-        warp = g.node("FastDragWarp", latent=inv.out(0), drag=drag, handle_on_cell=handle_on_cell)
-        filled = g.node("FastDragBNNI", latent=warp.out(0), null_mask=warp.out(1), fill=fill)
+        if task in ("move object", "copy object"):
+            region = {} if fill_region is None else {"fill_region": fill_region}
+            filled = g.node("FastDragMoveObject", latent=inv.out(0), drag=drag, mode=task.split()[0],
+                            overlap=overlap, **region)
+        elif task == "drag":
+            warp = g.node("FastDragWarp", latent=inv.out(0), drag=drag, handle_on_cell=handle_on_cell)
+            filled = g.node("FastDragBNNI", latent=warp.out(0), null_mask=warp.out(1), fill=fill)
+        else:
+            raise ValueError(f"FastDragEdit: task must be one of {', '.join(TASKS)}, got {task!r}")
         samp = g.node("FastDragSample", model=model, positive=positive, latent=filled.out(0), kv=inv.out(1),
                       cfg=cfg, consistency=consistency, **neg)
         dec = g.node("VAEDecode", samples=samp.out(0), vae=vae)

@@ -6,7 +6,8 @@ fastdrag_core) and GET /fastdrag/image (the picture exactly as LoadImage reads i
 
 POST body (JSON, at most :data:`MAX_BODY` bytes, chunked bodies included): ``{"image": {"filename",
 "subfolder", "type"}, "points": "<points JSON>", "mask": null | {"filename", "subfolder", "type",
-"channel"}, "holes": true}`` with ``type`` one of input / temp / output (the folders /view serves).
+"channel"}, "holes": true, "task": "drag" | "move object" | "copy object", "overlap": "keep object" |
+"official", "fill_region": null | {...like mask}}`` with ``type`` one of input / temp / output (the folders /view serves).
 Answers ``image/png`` (the warped image on the latent grid, holes tinted) with headers
 ``X-FastDrag-Grid: WxH``, ``X-FastDrag-Holes``, ``X-FastDrag-Whole-Image`` (no mask: the whole
 picture moves), ``X-FastDrag-Ms``. Anything malformed gets 400 ``{"error": message}``; messages
@@ -35,7 +36,7 @@ from PIL import Image, ImageOps
 
 import folder_paths
 
-from ..fastdrag_core.preview import (DecodedImageCache, PreviewRequestError, parse_file_ref,
+from ..fastdrag_core.preview import (DecodedImageCache, PreviewRequestError, object_move_preview, parse_file_ref,
                                      parse_preview_request, resolve_in_folder, warp_preview)
 
 log = logging.getLogger(__name__)
@@ -140,9 +141,25 @@ def render_preview(body, cache: DecodedImageCache) -> tuple[bytes, dict]:
         mask = torch.from_numpy(cache.get(mask_path, "mask:" + req.mask_channel,
                                           lambda p: load_mask(p, mname, req.mask_channel)))
     image = torch.from_numpy(rgb).float().div_(255.0)
-    preview, info = warp_preview(image, req.points, mask, holes=req.holes)
+    if req.task != "drag":
+        preview, info = object_preview(req, image, mask, cache)
+    else:
+        preview, info = warp_preview(image, req.points, mask, holes=req.holes)
     pixels = preview.clamp(0, 1).mul(255).round().to(torch.uint8).numpy()
     return to_png(pixels), info
+
+
+def object_preview(req, image, mask, cache: DecodedImageCache):
+    """The move / copy object preview of a request whose task is not "drag" (its fill region read
+    like the mask)."""
+    fill = None
+    if req.fill_region is not None:
+        path = resolve_in_folder(_folder(req.fill_region.type), req.fill_region)
+        fname = _shown_name(req.fill_region)
+        fill = torch.from_numpy(cache.get(path, "mask:" + req.fill_channel,
+                                          lambda p: load_mask(p, fname, req.fill_channel)))
+    return object_move_preview(image, req.points, mask, req.task, overlap=req.overlap, fill_region=fill,
+                               holes=req.holes)
 
 
 class BodyTooLarge(Exception):
@@ -217,6 +234,8 @@ def register_routes(routes, cache_bytes: int = CACHE_BYTES) -> DecodedImageCache
         headers = {"X-FastDrag-Grid": "%dx%d" % tuple(info["grid"]), "X-FastDrag-Holes": str(info["holes"]),
                    "X-FastDrag-Whole-Image": "1" if info["whole_image"] else "0",
                    "X-FastDrag-Ms": f"{ms:.1f}", "Cache-Control": "no-store"}
+        if "shift" in info:  # move / copy object: the object's shift (dx, dy) in latent cells
+            headers["X-FastDrag-Shift"] = "%d,%d" % tuple(info["shift"])
         return web.Response(body=png, content_type="image/png", headers=headers)
 
     return cache

@@ -403,7 +403,7 @@ def test_workflows_folder_is_served_as_templates(server):
         status, body = server._http("GET", f"/api/workflow_templates/comfyui-fastdrag/{quote(name)}.jpg")
         assert status == 200 and body[:3] == b"\xff\xd8\xff", (name, status)  # the thumbnail, a JPEG
     for node_id in ("FastDragPoints", "FastDragInvert", "FastDragWarp", "FastDragBNNI", "FastDragSample",
-                    "FastDragEdit"):
+                    "FastDragEdit", "FastDragMoveObject"):
         spec = info[node_id]
         assert spec["category"].startswith("FastDrag") and spec["description"], node_id
         for group in ("required", "optional"):

@@ -106,6 +106,44 @@ function loaderRef(origin) {
   return parseAnnotated(w.value);
 }
 
+/** What the node fed by this node's `drag` output will do with the drags (through Reroutes): a
+ *  FastDragEdit's `task`, or a FastDragMoveObject ("move object" / "copy object"), with its `overlap`
+ *  and the loader feeding its `fill_region`; null when neither is connected. */
+function downstreamTask(node) {
+  const graph = node.graph;
+  const consumers = [];
+  const follow = (n, slot, depth) => {
+    for (const id of n.outputs?.[slot]?.links ?? []) {
+      const link = linkOf(graph, id);
+      const target = link && graph.getNodeById(link.target_id);
+      if (!target) continue;
+      if (target.type === "Reroute" && depth < 16) follow(target, 0, depth + 1);
+      else consumers.push(target);
+    }
+  };
+  if (graph) follow(node, 0, 0);
+  const widget = (n, name) => n.widgets?.find((w) => w.name === name)?.value;
+  for (const n of consumers) {
+    let task = null;
+    if (n.type === "FastDragEdit") task = widget(n, "task") ?? "drag";
+    else if (n.type === "FastDragMoveObject") task = `${widget(n, "mode") ?? "move"} object`;
+    if (!task) continue;
+    let fill = null;
+    const f = task !== "drag" ? upstream(n, "fill_region") : null;
+    const ref = f ? loaderRef(f.node) : null;
+    if (ref) {
+      const channel = f.node.widgets?.find((w) => w.name === "channel");
+      if (channel) fill = { ...ref, channel: String(channel.value) };  // LoadImageMask
+      else if (f.slot === 1) fill = { ...ref, channel: "alpha" };       // LoadImage's MASK
+    }
+    return { task, overlap: widget(n, "overlap") ?? "keep object", fill_region: fill, from: n.type };
+  }
+  return null;
+}
+
+const TASKS = ["auto", "drag", "move object", "copy object"];
+const TASK_PROPERTY = "fastdrag_preview_task";
+
 // ---------------------------------------------------------------------------------------------
 
 class DragEditor {
@@ -175,6 +213,7 @@ class DragEditor {
     label.title = "Show the warp (LWF + relocation + BNNI, on the latent grid) computed by fastdrag_core; " +
       "magenta cells are the holes BNNI fills";
     bar.append(label);
+    this.buildTaskSelect(bar);
     this.jsonButton = button("JSON", "Show or hide the points JSON widget", () => this.toggleJson());
     this.copyButton = button("Copy to widget", "The drags come from the link into 'points'. Remove that link and " +
       "copy the drags the node used in the last run into this node's own points, to edit them here",
@@ -450,7 +489,47 @@ class DragEditor {
     if (mkey !== (this.mask?.key ?? "")) this.loadMask(mask, mkey);
     // the points text changed outside the canvas (JSON widget edited, workflow loaded, undo, a run)
     if (this.sourceText() !== this.drawnText) this.changed();
+    this.syncTask();
     this.fitVueNode();
+  }
+
+  // -------------------------------------------------------------------------------- task (move / copy object)
+  /** The preview's task: chosen here, or (auto) that of the FastDragEdit / FastDragMoveObject fed by `drag`. */
+  buildTaskSelect(bar) {
+    const sel = document.createElement("select");
+    sel.className = "fastdrag-task";
+    sel.title = "What the preview shows: auto = the task of the FastDrag Edit (or Move / Copy Object) node fed by " +
+      "this node; drag = the warp; move / copy object = where the object goes and what gets filled";
+    sel.style.cssText = "font:11px sans-serif;border-radius:4px;border:1px solid var(--border-color,#555);" +
+      "background:var(--comfy-input-bg,#333);color:inherit";
+    for (const t of TASKS) sel.append(new Option(t === "auto" ? "task: auto" : t, t));
+    const saved = this.node.properties?.[TASK_PROPERTY];
+    sel.value = TASKS.includes(saved) ? saved : "auto";
+    sel.addEventListener("change", (e) => {
+      e.stopPropagation();
+      this.node.properties = { ...(this.node.properties ?? {}), [TASK_PROPERTY]: sel.value };
+      this.changed();
+    });
+    bar.append(sel);
+    this.taskSelect = sel;
+  }
+
+  /** The task fields of a preview request: {task, overlap, fill_region}. */
+  previewTask() {
+    const down = downstreamTask(this.node);
+    const chosen = this.taskSelect?.value ?? "auto";
+    const task = chosen === "auto" ? (down?.task ?? "drag") : chosen;
+    if (task === "drag") return { task };
+    return { task, overlap: down?.overlap ?? "keep object", fill_region: down?.fill_region ?? null };
+  }
+
+  syncTask() {
+    const key = JSON.stringify(this.previewTask());
+    if (key !== this.taskKey) {
+      const first = this.taskKey === undefined;
+      this.taskKey = key;
+      if (!first) this.changed();
+    }
   }
 
   /** The "Nodes 2.0" (Vue) renderer sizes widget rows by their content, not by the node: there the
@@ -588,6 +667,7 @@ class DragEditor {
       mask: this.mask ? { ...this.mask.ref, channel: this.mask.channel } : null,
       points: this.sourceText(),
       holes: true,
+      ...this.previewTask(),
     };
     const seq = ++p.seq;
     p.inFlight = true;
@@ -615,6 +695,8 @@ class DragEditor {
           p.serverMs = Number(res.headers.get("X-FastDrag-Ms"));
           p.holes = Number(res.headers.get("X-FastDrag-Holes"));
           p.grid = res.headers.get("X-FastDrag-Grid");
+          p.task = body.task;
+          p.shift = res.headers.get("X-FastDrag-Shift");
           p.count += 1;
         } else {
           URL.revokeObjectURL(url);
@@ -944,7 +1026,9 @@ class DragEditor {
     const p = this.preview;
     if (p.on) {
       if (p.error) parts.push(`preview: ${p.error}`);
-      else if (p.img && s.drags.length) parts.push(`preview ${Math.round(p.ms)} ms, ${p.holes} hole cells`);
+      else if (p.img && s.drags.length && p.task && p.task !== "drag") {
+        parts.push(`preview (${p.task}) ${Math.round(p.ms)} ms, object moved by (${p.shift}) cells (dx,dy), ${p.holes} cells filled`);
+      } else if (p.img && s.drags.length) parts.push(`preview ${Math.round(p.ms)} ms, ${p.holes} hole cells`);
       else if (!s.drags.length) parts.push("preview: no drags yet");
     }
     if (s.linked) { /* nothing to place */ }
