@@ -96,8 +96,10 @@ def _size(obj: dict, key: str) -> int | None:
     value = obj.get(key)
     if value is None:
         return None
-    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
-            or value != int(value) or value <= 0 or value > 1 << 20):
+    # an int is compared as it is (math.isfinite would overflow on a 401-digit one)
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or (isinstance(value, float) and not (math.isfinite(value) and value == int(value)))
+            or value <= 0 or value > 1 << 20):
         raise ValueError(f"points: '{key}' must be a positive whole number of pixels, got {short_repr(value)}")
     return int(value)
 
@@ -127,6 +129,8 @@ def parse_points(value, *, allow_empty: bool = False) -> DragPoints:
             raise ValueError(f"points: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from exc
         except RecursionError:
             raise ValueError("points: not valid JSON (nested too deeply)") from None
+        except ValueError:  # an integer longer than Python's digit limit (4300)
+            raise ValueError("points: not valid JSON (a number has too many digits)") from None
     if isinstance(obj, list):
         if len(obj) > 2 * MAX_DRAGS:
             raise ValueError(too_many_drags(len(obj) // 2))

@@ -20,16 +20,19 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageOps
 
-from .points import short_repr
+from .points import short_repr, vae_crop
 
 LATENT_FACTOR = 8
 FILE_TYPES = ("input", "temp", "output")  # the folders /view serves
 MASK_CHANNELS = ("alpha", "red", "green", "blue")  # LoadImageMask's channels; alpha means 1 - alpha
 MAX_POINTS_CHARS = 32_000  # 32 drags (the cap) take ~3,000
 HOLE_TINT = (1.0, 0.0, 1.0)
+EXIF_ORIENTATION = 0x0112
 
 
 class PreviewRequestError(ValueError):
@@ -157,23 +160,37 @@ def warp_preview(image: torch.Tensor, points, mask: torch.Tensor | None = None, 
     Raises:
         PreviewRequestError: whatever :func:`check_drag` refuses, or an image that is not [H, W, 3].
     """
-    from . import bnni_fill, lwf_warp
-    from .points import check_drag
-
     if image.ndim != 3 or image.shape[-1] != 3:
         raise PreviewRequestError(f"image: expected [H, W, 3], got {tuple(image.shape)}")
     H, W = int(image.shape[0]), int(image.shape[1])
+    y0, x0, kept_h, kept_w = vae_crop((H, W))
+    x = image.permute(2, 0, 1)[None].float()[..., y0:y0 + kept_h, x0:x0 + kept_w]  # like VAEEncode
+    grid = F.avg_pool2d(x, LATENT_FACTOR)[0].permute(1, 2, 0) if kept_h and kept_w else image.new_zeros(0, 0, 3)
+    return warp_preview_grid(grid, (H, W), points, mask, holes=holes, handle_on_cell=handle_on_cell)
+
+
+def warp_preview_grid(grid: torch.Tensor, image_hw, points, mask: torch.Tensor | None = None, *,
+                      holes: bool = True, handle_on_cell: str = "paper"):
+    """:func:`warp_preview` of a picture already reduced to the latent grid: ``grid`` [h, w, 3]
+    float 0..1 is the mean colour of each 8x8 cell of VAEEncode's crop of the (H, W) = ``image_hw``
+    picture (the route reduces the file while it decodes it, never holding it at full size as float).
+    ``points`` and ``mask`` are in pixels of the full picture, as for :func:`warp_preview`."""
+    from . import bnni_fill, lwf_warp
+    from .points import check_drag
+
+    H, W = int(image_hw[0]), int(image_hw[1])
     try:
         drag = check_drag(points, (H, W), mask)
     except ValueError as e:
         raise PreviewRequestError(str(e)) from None
-    y0, x0, kept_h, kept_w = drag.crop
+    _, _, kept_h, kept_w = drag.crop
     h, w = kept_h // LATENT_FACTOR, kept_w // LATENT_FACTOR
-    x = image.permute(2, 0, 1)[None].float()[..., y0:y0 + kept_h, x0:x0 + kept_w]  # like VAEEncode
+    if tuple(grid.shape) != (h, w, 3):
+        raise PreviewRequestError(f"image: expected a [{h}, {w}, 3] latent-grid picture, got {tuple(grid.shape)}")
     # +1: pixel values live in 1..2 so no valued cell is exactly 0; the official BNNI order treats
     # channel 0 == 0 as "no value" (quirk Q4), which black / pure blue pixels would otherwise hit.
     # The warp moves values and BNNI averages them (weights sum to 1), so the offset comes back out.
-    lat = F.avg_pool2d(x, LATENT_FACTOR) + 1.0  # [1, 3, h, w]
+    lat = grid.float().permute(2, 0, 1)[None] + 1.0  # [1, 3, h, w]
     warped, null = lwf_warp(lat, drag.handles, drag.targets, drag.mask, fill="zero", handle_on_cell=handle_on_cell)
     out = bnni_fill(warped, null, order="official")
     null = null.reshape(-1, h, w)[0]
@@ -184,6 +201,44 @@ def warp_preview(image: torch.Tensor, points, mask: torch.Tensor | None = None, 
     info = {"grid": [w, h], "holes": int(null.sum()), "mask_cells": int(drag.mask.sum()),
             "drags": len(drag.points), "whole_image": drag.image_mask is None}
     return out, info
+
+
+class PreviewPicture:
+    """What the preview needs of a picture: its size as LoadImage reads it (``size`` = (H, W)) and
+    ``grid``, its mean colour per latent cell of VAEEncode's crop ([H//8, W//8, 3] uint8)."""
+
+    def __init__(self, grid: np.ndarray, size: tuple[int, int]):
+        self.grid, self.size = grid, size
+
+    @property
+    def nbytes(self) -> int:
+        return self.grid.nbytes
+
+
+def picture_grid(img: Image.Image) -> PreviewPicture:
+    """Reduce a lazily opened picture (``Image.open``, nothing decoded yet) to the latent grid of
+    :func:`warp_preview_grid` while decoding it, as LoadImage reads it (first frame, EXIF orientation,
+    alpha dropped): a JPEG is decoded at 1/8 scale (``draft``: its DCT does the reduction), any
+    other format once, then box-averaged per 8x8 cell of VAEEncode's crop. At most one full-size
+    copy exists, and only while this runs; the caller checks ``img.size`` first."""
+    raw_w, raw_h = img.size
+    if img.format == "JPEG":
+        img.draft("RGB", (max(1, raw_w // LATENT_FACTOR), max(1, raw_h // LATENT_FACTOR)))
+    swapped = img.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8)  # a quarter turn (exif_transpose's rule)
+    ImageOps.exif_transpose(img, in_place=True)  # in place: no second full-size copy
+    W, H = (raw_h, raw_w) if swapped else (raw_w, raw_h)
+    y0, x0, kept_h, kept_w = vae_crop((H, W))
+    h, w = kept_h // LATENT_FACTOR, kept_w // LATENT_FACTOR
+    if h == 0 or w == 0:  # smaller than one cell: check_drag refuses it with the reason
+        return PreviewPicture(np.zeros((h, w, 3), dtype=np.uint8), (H, W))
+    if img.mode == "I":
+        img = img.point(lambda v: v * (1 / 255))
+    sx, sy = img.size[0] / W, img.size[1] / H  # 1, or about 1/8 for a JPEG decoded by draft
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    grid = img.resize((w, h), Image.BOX, box=(x0 * sx, y0 * sy, (x0 + kept_w) * sx,
+                                                               (y0 + kept_h) * sy))
+    return PreviewPicture(np.array(grid, dtype=np.uint8), (H, W))
 
 
 class DecodedImageCache:

@@ -478,6 +478,78 @@ def check_editor_scenario(R):
           f"({pv['ms']:.0f} ms request, {pv['serverMs']} ms server); other console entries: {len(R['console'])}")
 
 
+
+# -- the preview under parallel load: bounded decoding, memory given back ------------------------------
+
+def _flat_png(width, height):
+    """A valid RGB PNG of width x height (a repeated gradient row: a few hundred KB for 9000^2)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    c = zlib.compressobj(6)
+    row = b"\x00" + (bytes(range(256)) * (width * 3 // 256 + 1))[:width * 3]
+    data = b"".join(c.compress(row) for _ in range(height)) + c.flush()
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+
+
+def _proc_kib(pid, key):
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
+
+
+def _post_raw(url, body):
+    import http.client
+    u = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=120)
+    try:
+        conn.request("POST", "/fastdrag/preview", json.dumps(body), {"Content-Type": "application/json"})
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+# Peak over the idle server while 10 large previews and 10 files of 9000^2 (a 200 KB PNG of 81 MP) are
+# asked for at once. The 9000^2 ones are refused from their header; the route works on DECODE_SLOTS (2)
+# requests at a time, each holding one decoded 4096^2 RGB picture (48 MiB) plus PNG decoder buffers,
+# in the two threads' malloc arenas: ~150 MiB measured in one process, 250 MiB in the server. 400 MiB
+# leaves room for allocator slack and fails long before one more parallel decode would fit. Before the
+# fix: 20 x 9000^2 peaked at 5.8 GB and 20 x 4096^2 at 6.4 GB (issue 13); this test: +5.2 GB, 3 GB kept.
+PARALLEL_PEAK_MIB = 400
+PARALLEL_KEPT_MIB = 150  # still held once the requests are answered (the cache keeps only 64x64 grids)
+
+
+def test_preview_route_bounded_memory_under_parallel_large_requests(web):
+    import concurrent.futures
+
+    srv, inp = web["server"], web["run"] / "input"
+    pid = srv.proc.pid
+    bomb, large = _flat_png(9000, 9000), _flat_png(4096, 4096)
+    for i in range(10):
+        (inp / f"par_bomb_{i}.png").write_bytes(bomb)
+        (inp / f"par_large_{i}.png").write_bytes(large)  # 10 files: no request is answered from the cache
+    pts = json.dumps({"version": 1, "width": 4096, "height": 4096,
+                      "drags": [{"handle": [2000, 2000], "target": [2400, 1900]}]})
+    bodies = [{"image": {"filename": f"par_{kind}_{i}.png"}, "points": pts} for i in range(10) for kind in ("bomb", "large")]
+    rss0 = _proc_kib(pid, "VmRSS")
+    with open(f"/proc/{pid}/clear_refs", "w") as f:
+        f.write("5")  # VmHWM := VmRSS: the peak from here on
+    t0 = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(len(bodies)) as pool:
+        answers = list(pool.map(lambda b: _post_raw(web["url"], b), bodies))
+    seconds = time.perf_counter() - t0
+    time.sleep(0.5)
+    peak = (_proc_kib(pid, "VmHWM") - rss0) / 1024
+    kept = (_proc_kib(pid, "VmRSS") - rss0) / 1024
+    print(f"preview route, 10 x 9000^2 + 10 x 4096^2 PNG in parallel: {seconds:.1f} s, "
+          f"peak +{peak:.0f} MiB, kept +{kept:.0f} MiB over the idle server")
+    for b, (status, answer) in zip(bodies, answers):
+        if "bomb" in b["image"]["filename"]:
+            assert status == 400 and "more than the 16,777,216" in json.loads(answer)["error"], (status, answer[:200])
+        else:
+            assert status == 200 and answer[:4] == b"\x89PNG", (status, answer[:200])
+    assert peak < PARALLEL_PEAK_MIB and kept < PARALLEL_KEPT_MIB
+
 # -- hostile requests: every malformed request is a 4xx whose message shows no server path -----------
 
 def _chunked_post(url, path, chunks):
@@ -542,6 +614,9 @@ def test_routes_refuse_hostile_requests_with_4xx(web, hostile_files):
         "too many drags (array)": json.dumps({"image": IMG, "points": [[1, 1]] * 2000}).encode(),
         "too many drags (v1)": json.dumps({"image": IMG, "points": json.dumps(
             {"version": 1, "drags": [{"handle": [1, 1], "target": [2, 2]}] * 400})}).encode(),
+        "width of 401 digits": json.dumps({"image": IMG, "points": {"version": 1, "width": 10 ** 400, "height": 9,
+                                                                    "drags": [{"handle": [1, 1], "target": [2, 2]}]}}).encode(),
+        "width of 5000 digits": b'{"image": {"filename": "fastdrag_editor_test.png"}, "points": {"width": ' + b"9" * 5000 + b'}}',
         "huge number": json.dumps({"image": IMG, "points": "[[1e400, 1], [2, 2]]"}).encode(),
         "big int": b'{"image": {"filename": "fastdrag_editor_test.png"}, "points": [[' + b"9" * 4000 + b', 1], [2, 2]]}',
         "width without height": json.dumps({"image": IMG, "points": json.dumps(
@@ -576,6 +651,8 @@ def test_routes_refuse_hostile_requests_with_4xx(web, hostile_files):
     assert "1000 drags, at most 32" in msgs["too many drags (array)"]  # 2000 points = 1000 pairs
     assert "400 drags, at most 32" in msgs["too many drags (v1)"]
     assert "both 'width' and 'height'" in msgs["width without height"]
+    assert "'width' must be a positive whole number" in msgs["width of 401 digits"]
+    assert msgs["width of 5000 digits"] == "request body: not valid JSON (a number has too many digits)"
     assert msgs["target in crop margin"].startswith("points: drag 0 target (124, 60) is in the border VAEEncode crops away")
     assert "too large to open" in msgs["file bomb.png"] and "more than the" in msgs["file big.png"]
     assert msgs["file notes.txt"] == "'notes.txt': not a readable image file"
