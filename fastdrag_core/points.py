@@ -173,6 +173,25 @@ def check_points_in_image(points: DragPoints, width: int, height: int) -> None:
                 raise ValueError(f"points: drag {k} {kind} ({x:g}, {y:g}) is outside the {width}x{height} image")
 
 
+def handles_outside_mask(handles, mask) -> list[int]:
+    """Indices of the drags whose handle (x, y image pixels, rounded half up as the editor rounds)
+    lies on a pixel that ``mask`` ([H, W] or [1, H, W], > 0 = editable; None = all editable) leaves
+    fixed. FastDrag moves only masked latent cells and DragDiffusion keeps the rest, so such a
+    drag pulls the masked region rather than what is under its handle: worth a warning, not an error."""
+    if mask is None:
+        return []
+    m = torch.as_tensor(mask)
+    m = m.reshape(m.shape[-2:]) if m.dim() == 3 else m
+    height, width = int(m.shape[0]), int(m.shape[1])
+    out = []
+    for k, (x, y) in enumerate(handles):
+        col = min(width - 1, max(0, math.floor(float(x) + 0.5)))
+        row = min(height - 1, max(0, math.floor(float(y) + 0.5)))
+        if not bool(m[row, col] > 0):
+            out.append(k)
+    return out
+
+
 def image_points_to_latent(points_xy, image_hw) -> torch.Tensor:
     """Official image -> latent mapping of points (spec §1.7).
 
