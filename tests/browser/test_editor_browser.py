@@ -314,12 +314,52 @@ def test_fastdrag_edit_shows_its_own_summary(ui):
     assert len(texts) == 2 and {t["display_node"] for t in texts.values()} == {run["edit_id"]}, texts
 
 
+def test_templates_after_a_run_no_overlap_in_both_renderers(ui):
+    """Every template after a run (the real run's text lines delivered to each template's summary
+    nodes as ComfyUI delivers them): no node box overlaps another and no summary runs out of its
+    node, in the LiteGraph renderer and in "Nodes 2.0"; the Note is not under the side bar or top menu."""
+    shipped = sorted(os.path.splitext(os.path.basename(p))[0] for p in glob.glob(os.path.join(WORKFLOWS, "*.json")))
+    lines = [t for v in section(ui, "examples")["edit_run"]["text_outputs"].values() for t in v["text"]]
+    assert len(lines) == 2, lines
+    for renderer, sec in (("LiteGraph", "examples"), ("Nodes 2.0", "vue")):
+        A = section(ui, sec)["after_run"]
+        assert sorted(A) == shipped, (renderer, sorted(A))
+        for name, W_ in A.items():
+            assert W_["loaded"], (renderer, name)
+            with open(os.path.join(WORKFLOWS, name + ".json")) as f:
+                summaries = sum(n["type"] in ("FastDragEdit", "FastDragInvert", "FastDragSample") for n in json.load(f)["nodes"])
+            assert W_["delivered"] == summaries, (renderer, name, W_)
+            assert not W_["overlaps"] and not W_["spilled"], (renderer, name, W_)
+            assert W_["note_visible"], (renderer, name)
+
+
+def test_status_warns_before_the_run(ui):
+    """A handle outside the mask, 33 drags (drawn, the last one removable), and the picture does not
+    move when the status wraps onto a 2nd, 3rd or 4th line."""
+    R = section(ui, "editor")
+    warn = R["status_handle_outside"]
+    n = R["drags_drawn_after_external_edit"] + 1
+    assert f"WARNING: handle of drag {n} is outside the mask" in warn and R["handles_outside"] == [n], warn
+    over = R["over_limit"]
+    assert over["drawn"] == 33 and "33 drags: the node takes at most 32; drag 33 (grey) is over the limit" in over["status"], over
+    assert over["after_right_click"]["drags"] == 32 and "at most 32" not in over["after_right_click"]["status"], over
+    tops = R["canvas_top_by_status_lines"]
+    assert {"1", "2", "3", "4"} <= set(tops) and len({tops[k] for k in ("1", "2", "3", "4")}) == 1, tops
+
+
 def test_any_upstream_leads_to_a_placeable_picture(ui):
-    """Load Image -> Image Scale -> a new FastDragPoints: the first run stops at the node asking for
-    drags, and its picture is now in the editor; press-and-drag places a drag; the run succeeds."""
+    """Load Image -> Image Scale -> a new FastDragPoints: the first run stops at the node without an
+    error (no error dialog), its picture is now in the editor with the next step; press-and-drag
+    places a drag; the run succeeds."""
     S = section(ui, "upstream")
     assert not S["before_run"]["image"]
-    assert S["first_run"]["status"] == "error" and "place drags on it" in S["first_run"]["error"], S["first_run"]
+    first = S["first_run"]
+    assert first["status"] == "success" and first["dialogs"] == 0, first
+    assert "no drags yet" in first["notice"][0] and "place drags on it" in first["notice"][0], first
+    assert "no drags yet" in S["status_no_mask"]["text"], S["status_no_mask"]
+    # before any run: Load Image's mask with the picture going through Image Scale is a warning
+    warn = S["status_scaled_image_full_mask"]
+    assert "'image' comes through Image Scale" in warn and "straight from Load Image" in warn, warn
     assert S["picture_after_run"] == {"size": [256, 192], "stale": False}
     mid = S["mid_drag"]
     assert mid["pressed"] and mid["moved"] and mid["hover"] and mid["drags"] == 0  # the rubber band, no drag yet

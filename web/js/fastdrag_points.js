@@ -831,8 +831,9 @@ class DragEditor {
       const msg = this.message || (this.imageRef ? "loading image…" :
         "Connect a Load Image to 'image', or run the graph once (the node then sends its picture here), to place drags");
       ctx.fillText(msg, cw / 2, ch / 2, cw - 10);
-      this.setStatus(s.error ?? (s.linked ? "points come from a link: run the graph once; the node then sends its " +
-                                            "picture and the drags it gets, shown here read-only" : ""));
+      this.setStatus(s.error ?? [this.rescaledNotMask(), s.linked ? "points come from a link: run the graph once; the " +
+                                 "node then sends its picture and the drags it gets, shown here read-only" : ""]
+        .filter(Boolean).join(" · "));
       return;
     }
     const showPreview = p.on && p.img && !s.error && s.drags.length;
