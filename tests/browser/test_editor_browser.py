@@ -359,7 +359,7 @@ def test_any_upstream_leads_to_a_placeable_picture(ui):
     assert "no drags yet" in S["status_no_mask"]["text"], S["status_no_mask"]
     # before any run: Load Image's mask with the picture going through Image Scale is a warning
     warn = S["status_scaled_image_full_mask"]
-    assert "'image' comes through Image Scale" in warn and "straight from Load Image" in warn, warn
+    assert "'image' comes through Upscale Image" in warn and "straight from Load Image" in warn, warn
     assert S["picture_after_run"] == {"size": [256, 192], "stale": False}
     mid = S["mid_drag"]
     assert mid["pressed"] and mid["moved"] and mid["hover"] and mid["drags"] == 0  # the rubber band, no drag yet

@@ -587,7 +587,8 @@ class DragEditor {
     if (!p.on || this.dead) return;
     if (p.inFlight) { p.again = true; return; }
     const s = this.state();
-    if (!this.imageRef || !this.image || s.error || !s.drags.length) {
+    // over the cap the route refuses the drags as the node does: the status line says so already
+    if (!this.imageRef || !this.image || s.error || !s.drags.length || s.drags.length > MAX_DRAGS) {
       this.clearPreviewImage();
       p.error = null;
       this.draw();
@@ -836,7 +837,7 @@ class DragEditor {
         .filter(Boolean).join(" · "));
       return;
     }
-    const showPreview = p.on && p.img && !s.error && s.drags.length;
+    const showPreview = p.on && p.img && !s.error && s.drags.length && s.drags.length <= MAX_DRAGS;
     ctx.imageSmoothingEnabled = !showPreview;  // preview cells stay visible as cells
     ctx.drawImage(showPreview ? p.img : this.image, L.ox, L.oy, L.W * L.s, L.H * L.s);
     ctx.imageSmoothingEnabled = true;
@@ -956,7 +957,8 @@ class DragEditor {
     else if (!this.maskConnected()) parts.push(NO_MASK_HINT);
     const p = this.preview;
     if (p.on) {
-      if (p.error) parts.push(`preview: ${p.error}`);
+      if (n > MAX_DRAGS) parts.push(`preview: off over ${MAX_DRAGS} drags`);
+      else if (p.error) parts.push(`preview: ${p.error}`);
       else if (p.img && s.drags.length) parts.push(`preview ${Math.round(p.ms)} ms, ${p.holes} hole cells`);
       else if (!s.drags.length) parts.push("preview: no drags yet");
     }
