@@ -677,7 +677,7 @@ async def layouts_after_run(cdp, args, lines, prefix=""):
           let k = 0; for (const n of app.graph.nodes) {{ const t = pick[n.type]; if (!t || !t.length) continue;
             api.dispatchCustomEvent('executed', {{node: String(n.id), display_node: String(n.id), output: {{text: t}}}}); k++; }}
           return k; }})()""")
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(0.6)  # fit() resizes on the next animation frame
         W.update(await cdp.js(OVERLAPS_JS))
         W["note_visible"] = await cdp.js("""(() => { const n = app.graph.nodes.find(n => n.type === 'Note');
           if (!n) return null; const ds = app.canvas.ds, r = app.canvas.canvas.getBoundingClientRect(), t = LiteGraph.NODE_TITLE_HEIGHT;
