@@ -15,8 +15,11 @@ name what the client sent, never a path on the server.
 GET query: ``filename``, ``subfolder``, ``type``; answers the picture as PNG (EXIF orientation
 applied, alpha dropped) so the editor places points on exactly the pixels the node receives.
 
-The file reading, the decoded-image cache and the PNG encoding live here; validation and maths are
-in ``fastdrag_core/preview.py`` and ``fastdrag_core/points.py`` (the same checks as the nodes).
+The file reading, the PNG encoding and the routes' shared state (:class:`PreviewRoutes`: the
+decoded-image cache and the worker threads that bound parallel decodes) live here; validation, the
+reduction of a picture to the latent grid while it is decoded, and the maths are in
+``fastdrag_core/preview.py`` and ``fastdrag_core/points.py`` (the same checks as the nodes). A
+picture's size is checked from its header before any pixel is decoded.
 """
 from __future__ import annotations
 
