@@ -100,7 +100,6 @@ def test_preview_route_answers_png_fast(web):
     times = sorted(post(web["server"], body)[3] for _ in range(5))
     print(f"preview route {W}x{H}: median {times[2] * 1000:.0f} ms over HTTP (server {headers['X-FastDrag-Ms']} ms)")
     assert times[2] < 0.5
-    assert "is not writable" not in web["server"].log_text()  # torch's warning on a read-only cached array
 
 
 @pytest.mark.parametrize("name, payload, raw, words", [
