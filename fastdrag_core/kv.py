@@ -73,8 +73,9 @@ class KVSchedule:
                         for a, b in zip(self.sigmas, other.sigmas)))
 
     def describe(self) -> str:
-        return (f"steps={self.steps} strength={self.strength} timesteps={list(self.timesteps)} "
-                f"latent={list(self.latent_shape)}")
+        ts = [int(t) for t in self.timesteps]  # first three and last two of a long schedule (node text stays short)
+        shown = ", ".join(map(str, ts)) if len(ts) <= 6 else ", ".join(map(str, ts[:3] + ["..."] + ts[-2:]))
+        return f"steps={self.steps} strength={self.strength} timesteps=[{shown}] latent={list(self.latent_shape)}"
 
 
 class KVStore:

@@ -96,8 +96,10 @@ def _size(obj: dict, key: str) -> int | None:
     value = obj.get(key)
     if value is None:
         return None
-    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
-            or value != int(value) or value <= 0 or value > 1 << 20):
+    # an int is compared as it is (math.isfinite would overflow on a 401-digit one)
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or (isinstance(value, float) and not (math.isfinite(value) and value == int(value)))
+            or value <= 0 or value > 1 << 20):
         raise ValueError(f"points: '{key}' must be a positive whole number of pixels, got {short_repr(value)}")
     return int(value)
 
@@ -127,6 +129,8 @@ def parse_points(value, *, allow_empty: bool = False) -> DragPoints:
             raise ValueError(f"points: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from exc
         except RecursionError:
             raise ValueError("points: not valid JSON (nested too deeply)") from None
+        except ValueError:  # an integer longer than Python's digit limit (4300)
+            raise ValueError("points: not valid JSON (a number has too many digits)") from None
     if isinstance(obj, list):
         if len(obj) > 2 * MAX_DRAGS:
             raise ValueError(too_many_drags(len(obj) // 2))
@@ -167,6 +171,25 @@ def check_points_in_image(points: DragPoints, width: int, height: int) -> None:
         for k, (x, y) in enumerate(pts):
             if not (0 <= x < width and 0 <= y < height):
                 raise ValueError(f"points: drag {k} {kind} ({x:g}, {y:g}) is outside the {width}x{height} image")
+
+
+def handles_outside_mask(handles, mask) -> list[int]:
+    """Indices of the drags whose handle (x, y image pixels, rounded half up as the editor rounds)
+    lies on a pixel that ``mask`` ([H, W] or [1, H, W], > 0 = editable; None = all editable) leaves
+    fixed. FastDrag moves only masked latent cells and DragDiffusion keeps the rest, so such a
+    drag pulls the masked region rather than what is under its handle: worth a warning, not an error."""
+    if mask is None:
+        return []
+    m = torch.as_tensor(mask)
+    m = m.reshape(m.shape[-2:]) if m.dim() == 3 else m
+    height, width = int(m.shape[0]), int(m.shape[1])
+    out = []
+    for k, (x, y) in enumerate(handles):
+        col = min(width - 1, max(0, math.floor(float(x) + 0.5)))
+        row = min(height - 1, max(0, math.floor(float(y) + 0.5)))
+        if not bool(m[row, col] > 0):
+            out.append(k)
+    return out
 
 
 def image_points_to_latent(points_xy, image_hw) -> torch.Tensor:

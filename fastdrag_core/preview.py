@@ -11,7 +11,11 @@ image -> latent rules (``image_points_to_latent``, ``image_mask_to_latent``), an
 "latent" goes through ``lwf_warp`` (LWF + relocation) and ``bnni_fill``. So the preview shows the
 real geometry of the edit: which latent cells move where, and which cells are holes that BNNI
 fills (tinted magenta when ``holes`` is on). It is at latent resolution on purpose; it does not
-show what the diffusion pass will paint.
+show what the diffusion pass will paint. The object moving / copy tasks go through ``move_object``
+(``fastdrag_core.object_move``) on the same grid instead of the warp.
+
+Each preview has a ``*_grid`` form that takes the picture already reduced to the grid (what the route
+keeps, :func:`picture_grid`); the full-picture form pools (:func:`pool_to_grid`) and calls it.
 """
 from __future__ import annotations
 
@@ -20,10 +24,12 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageOps
 
-from .points import short_repr
+from .points import short_repr, vae_crop
 
 LATENT_FACTOR = 8
 FILE_TYPES = ("input", "temp", "output")  # the folders /view serves
@@ -32,6 +38,7 @@ MAX_POINTS_CHARS = 32_000  # 32 drags (the cap) take ~3,000
 HOLE_TINT = (1.0, 0.0, 1.0)
 TASKS = ("drag", "move object", "copy object")  # FastDragEdit's task choice
 OVERLAPS = ("keep object", "official")          # FastDragMoveObject's overlap choice
+EXIF_ORIENTATION = 0x0112
 
 
 class PreviewRequestError(ValueError):
@@ -181,23 +188,50 @@ def warp_preview(image: torch.Tensor, points, mask: torch.Tensor | None = None, 
     Raises:
         PreviewRequestError: whatever :func:`check_drag` refuses, or an image that is not [H, W, 3].
     """
-    from . import bnni_fill, lwf_warp
-    from .points import check_drag
+    grid, image_hw = pool_to_grid(image)
+    return warp_preview_grid(grid, image_hw, points, mask, holes=holes, handle_on_cell=handle_on_cell)
 
+
+def pool_to_grid(image: torch.Tensor):
+    """``image`` ([H, W, 3] float 0..1) average-pooled onto the latent grid of VAEEncode's crop:
+    ([h, w, 3] mean colour per 8x8 cell, (H, W)), what the ``*_grid`` previews take."""
     if image.ndim != 3 or image.shape[-1] != 3:
         raise PreviewRequestError(f"image: expected [H, W, 3], got {tuple(image.shape)}")
     H, W = int(image.shape[0]), int(image.shape[1])
+    y0, x0, kept_h, kept_w = vae_crop((H, W))
+    x = image.permute(2, 0, 1)[None].float()[..., y0:y0 + kept_h, x0:x0 + kept_w]  # like VAEEncode
+    grid = F.avg_pool2d(x, LATENT_FACTOR)[0].permute(1, 2, 0) if kept_h and kept_w else image.new_zeros(0, 0, 3)
+    return grid, (H, W)
+
+
+def _grid_size(grid: torch.Tensor, drag) -> tuple[int, int]:
+    """(h, w) of the latent grid of a checked drag; refuses a ``grid`` of another shape."""
+    _, _, kept_h, kept_w = drag.crop
+    h, w = kept_h // LATENT_FACTOR, kept_w // LATENT_FACTOR
+    if tuple(grid.shape) != (h, w, 3):
+        raise PreviewRequestError(f"image: expected a [{h}, {w}, 3] latent-grid picture, got {tuple(grid.shape)}")
+    return h, w
+
+
+def warp_preview_grid(grid: torch.Tensor, image_hw, points, mask: torch.Tensor | None = None, *,
+                      holes: bool = True, handle_on_cell: str = "paper"):
+    """:func:`warp_preview` of a picture already reduced to the latent grid: ``grid`` [h, w, 3]
+    float 0..1 is the mean colour of each 8x8 cell of VAEEncode's crop of the (H, W) = ``image_hw``
+    picture (the route reduces the file while it decodes it, never holding it at full size as float).
+    ``points`` and ``mask`` are in pixels of the full picture, as for :func:`warp_preview`."""
+    from . import bnni_fill, lwf_warp
+    from .points import check_drag
+
+    H, W = int(image_hw[0]), int(image_hw[1])
     try:
         drag = check_drag(points, (H, W), mask)
     except ValueError as e:
         raise PreviewRequestError(str(e)) from None
-    y0, x0, kept_h, kept_w = drag.crop
-    h, w = kept_h // LATENT_FACTOR, kept_w // LATENT_FACTOR
-    x = image.permute(2, 0, 1)[None].float()[..., y0:y0 + kept_h, x0:x0 + kept_w]  # like VAEEncode
+    h, w = _grid_size(grid, drag)
     # +1: pixel values live in 1..2 so no valued cell is exactly 0; the official BNNI order treats
     # channel 0 == 0 as "no value" (quirk Q4), which black / pure blue pixels would otherwise hit.
     # The warp moves values and BNNI averages them (weights sum to 1), so the offset comes back out.
-    lat = F.avg_pool2d(x, LATENT_FACTOR) + 1.0  # [1, 3, h, w]
+    lat = grid.float().permute(2, 0, 1)[None] + 1.0  # [1, 3, h, w]
     warped, null = lwf_warp(lat, drag.handles, drag.targets, drag.mask, fill="zero", handle_on_cell=handle_on_cell)
     out = bnni_fill(warped, null, order="official")
     null = null.reshape(-1, h, w)[0]
@@ -230,26 +264,35 @@ def object_move_preview(image: torch.Tensor, points, mask: torch.Tensor | None, 
         PreviewRequestError: what the nodes refuse (several drags, no mask, a fill region of another
         size, ...).
     """
+    grid, image_hw = pool_to_grid(image)
+    return object_move_preview_grid(grid, image_hw, points, mask, task, overlap=overlap,
+                                    fill_region=fill_region, holes=holes)
+
+
+def object_move_preview_grid(grid: torch.Tensor, image_hw, points, mask: torch.Tensor | None, task: str, *,
+                             overlap: str = "keep object", fill_region: torch.Tensor | None = None,
+                             holes: bool = True):
+    """:func:`object_move_preview` of a picture already reduced to the latent grid (``grid`` and
+    ``image_hw`` as for :func:`warp_preview_grid`). ``points``, ``mask`` and ``fill_region`` are in
+    pixels of the full picture, mapped to the grid by the nodes' rules (``check_drag``,
+    ``region_to_latent``)."""
     from .object_move import move_object, object_move_from_drag, region_to_latent, shift_cells
     from .points import check_drag
 
-    if image.ndim != 3 or image.shape[-1] != 3:
-        raise PreviewRequestError(f"image: expected [H, W, 3], got {tuple(image.shape)}")
-    H, W = int(image.shape[0]), int(image.shape[1])
+    H, W = int(image_hw[0]), int(image_hw[1])
     try:
         drag = check_drag(points, (H, W), mask)
         args = object_move_from_drag(drag)
     except ValueError as e:
         raise PreviewRequestError(str(e)) from None
-    y0, x0, kept_h, kept_w = drag.crop
-    h, w = kept_h // LATENT_FACTOR, kept_w // LATENT_FACTOR
+    h, w = _grid_size(grid, drag)
     fill = None
     if fill_region is not None:
         if tuple(fill_region.shape) != (H, W):
             raise PreviewRequestError(f"fill_region: {'x'.join(str(d) for d in reversed(fill_region.shape))} (WxH) "
                                       f"does not match the {W}x{H} image")
         fill = region_to_latent(fill_region, drag.crop, (h, w))
-    lat = F.avg_pool2d(image.permute(2, 0, 1)[None].float()[..., y0:y0 + kept_h, x0:x0 + kept_w], LATENT_FACTOR)
+    lat = grid.float().permute(2, 0, 1)[None]  # [1, 3, h, w]
     mode = task.split()[0]
     try:
         moved = move_object(lat, args.mask, args.shift, args.target, mode, fill, keep_object=overlap == "keep object")
@@ -268,6 +311,44 @@ def object_move_preview(image: torch.Tensor, points, mask: torch.Tensor | None, 
             "drags": len(drag.points), "whole_image": drag.image_mask is None,
             "moved": int((args.mask > 0).sum()), "shift": [args.shift[1], args.shift[0]]}
     return out, info
+
+
+class PreviewPicture:
+    """What the preview needs of a picture: its size as LoadImage reads it (``size`` = (H, W)) and
+    ``grid``, its mean colour per latent cell of VAEEncode's crop ([H//8, W//8, 3] uint8)."""
+
+    def __init__(self, grid: np.ndarray, size: tuple[int, int]):
+        self.grid, self.size = grid, size
+
+    @property
+    def nbytes(self) -> int:
+        return self.grid.nbytes
+
+
+def picture_grid(img: Image.Image) -> PreviewPicture:
+    """Reduce a lazily opened picture (``Image.open``, nothing decoded yet) to the latent grid of
+    :func:`warp_preview_grid` while decoding it, as LoadImage reads it (first frame, EXIF orientation,
+    alpha dropped): a JPEG is decoded at 1/8 scale (``draft``: its DCT does the reduction), any
+    other format once, then box-averaged per 8x8 cell of VAEEncode's crop. At most one full-size
+    copy exists, and only while this runs; the caller checks ``img.size`` first."""
+    raw_w, raw_h = img.size
+    if img.format == "JPEG":
+        img.draft("RGB", (max(1, raw_w // LATENT_FACTOR), max(1, raw_h // LATENT_FACTOR)))
+    swapped = img.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8)  # a quarter turn (exif_transpose's rule)
+    ImageOps.exif_transpose(img, in_place=True)  # in place: no second full-size copy
+    W, H = (raw_h, raw_w) if swapped else (raw_w, raw_h)
+    y0, x0, kept_h, kept_w = vae_crop((H, W))
+    h, w = kept_h // LATENT_FACTOR, kept_w // LATENT_FACTOR
+    if h == 0 or w == 0:  # smaller than one cell: check_drag refuses it with the reason
+        return PreviewPicture(np.zeros((h, w, 3), dtype=np.uint8), (H, W))
+    if img.mode == "I":
+        img = img.point(lambda v: v * (1 / 255))
+    sx, sy = img.size[0] / W, img.size[1] / H  # 1, or about 1/8 for a JPEG decoded by draft
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    grid = img.resize((w, h), Image.BOX, box=(x0 * sx, y0 * sy, (x0 + kept_w) * sx,
+                                                               (y0 + kept_h) * sy))
+    return PreviewPicture(np.array(grid, dtype=np.uint8), (H, W))
 
 
 class DecodedImageCache:

@@ -6,6 +6,7 @@ import logging
 
 import torch
 from comfy_api.latest import io, ui
+from comfy_execution.graph_utils import ExecutionBlocker
 
 from ..fastdrag_core import points as fd_points
 from .types import DragSpec, FastDragDrag
@@ -48,7 +49,8 @@ def to_drag_spec(image: torch.Tensor, points: str, mask: torch.Tensor | None,
     try:
         checked = fd_points.check_drag(parsed, (height, width), mask)
     except ValueError as e:
-        raise ValueError(f"{node}: {e} (image is {width}x{height})") from None
+        msg = str(e)  # the size, unless the message names it already
+        raise ValueError(f"{node}: {msg}" + ("" if f"{width}x{height}" in msg else f" (image is {width}x{height})")) from None
     if width % 8 or height % 8:
         log.warning("[FastDrag] %s: image %dx%d is not a multiple of 8; VAEEncode crops it to %dx%d "
                     "(centred) and the points are shifted with it.", node, width, height,
@@ -117,17 +119,35 @@ class FastDragPoints(io.ComfyNode):
         shown = {**picture(image, cls), "fastdrag_points_from": [points_origin(cls)]}
         if spec is None:
             # No drags yet: the picture may come from any upstream node (Image Scale, a sampler...),
-            # so send it to the editor before stopping, or the user could never place the first drag.
+            # so it goes to the editor, where the first drag is placed. Not an error: the nodes after
+            # this one are skipped without one (ExecutionBlocker(None) blocks silently) and the editor
+            # says what to do next.
             shown["fastdrag_points"] = [fd_points.DragPoints((), (), image.shape[2], image.shape[1]).to_json()]
-            send_picture(cls.hidden.unique_id, shown)
-            raise ValueError("FastDragPoints: no drags yet; the picture is now shown in this node's "
-                             "editor: place drags on it (click a handle, then its target, or press and "
-                             "drag), then run again")
+            shown["fastdrag_notice"] = [NO_DRAGS_YET]
+            log.info("[FastDrag] FastDragPoints: %s", NO_DRAGS_YET)
+            return io.NodeOutput(ExecutionBlocker(None), ui=shown)
         log.info("[FastDrag] FastDragPoints: %r", spec)
         shown["fastdrag_points"] = [used_points_json(spec)]
+        outside = fd_points.handles_outside_mask(spec.handles, spec.mask)
+        if outside:
+            warning = handles_outside_warning(spec, outside)
+            log.warning("[FastDrag] FastDragPoints: %s", warning)
+            shown["fastdrag_warning"] = [warning]
         if spec.mask is not None:
             shown["fastdrag_mask"] = ui.PreviewMask(spec.mask[None].float(), cls=cls).values
         return io.NodeOutput(spec, ui=shown)
+
+
+NO_DRAGS_YET = ("the run stopped here, as it should: no drags yet. The picture is below: place drags on it "
+                "(press on the handle and drag to the target), then run again")
+
+
+def handles_outside_warning(spec: DragSpec, outside: list[int]) -> str:
+    """The warning for drags whose handle is outside the mask (indices 0-based, shown 1-based)."""
+    which = ", ".join(f"{k + 1} ({spec.handles[k][0]:g}, {spec.handles[k][1]:g})" for k in outside[:4])
+    more = f" and {len(outside) - 4} more" if len(outside) > 4 else ""
+    return (f"WARNING: handle of drag {which}{more} is outside the mask: only the masked region moves, so the "
+            "edit moves that region instead of what is under the handle; put the handle inside, or paint the mask over it")
 
 
 def points_origin(cls) -> list | None:

@@ -200,3 +200,15 @@ def test_check_drag_rescales_and_keeps_image_pixels():
     assert c.handles.tolist() == [[2.0, 1.0]] and c.targets.tolist() == [[4.0, 0.5]]
     with pytest.raises(ValueError, match="outside the 64x32 image"):
         check_drag(_drags(((10, 10), (64, 10))), (32, 64))
+
+
+def test_handles_outside_mask_hand_worked():
+    """A 6x4 mask editable in columns 2..3 only: handles are rounded half up (as the editor rounds)
+    and clamped into the image; None = whole image editable."""
+    from fastdrag_core.points import handles_outside_mask
+    m = torch.zeros(4, 6)
+    m[:, 2:4] = 1
+    handles = [(2, 0), (1.49, 1), (1.5, 1), (3.49, 3), (3.5, 3), (-5, 2), (99, 2)]
+    assert handles_outside_mask(handles, m) == [1, 4, 5, 6]
+    assert handles_outside_mask(handles, m[None]) == [1, 4, 5, 6]
+    assert handles_outside_mask(handles, None) == []

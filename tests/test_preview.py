@@ -243,3 +243,89 @@ def test_decoded_image_cache_is_bounded_by_bytes(tmp_path):
     (tmp_path / "1.bin").write_bytes(b"changed")  # another size: a new key, read again
     cache.get(files[1], "rgb", load(400))
     assert loads.count(files[1]) == 2
+
+
+# ------------------------------------------------------------------------------ the route's reduced decode
+
+def _picture(w, h):
+    """A smooth RGB picture with detail inside each 8x8 cell, as uint8 [h, w, 3]."""
+    import numpy as np
+    y, x = np.mgrid[0:h, 0:w]
+    return np.stack([(x * 255 // max(w - 1, 1)), (y * 255 // max(h - 1, 1)), ((x * 7 + y * 13) % 64) * 4],
+                    -1).astype(np.uint8)
+
+
+def _cell_means(rgb, crop):
+    """The reference: float mean of each 8x8 block of VAEEncode's crop (torch avg_pool2d)."""
+    y0, x0, kh, kw = crop
+    x = torch.from_numpy(rgb.copy()).float().permute(2, 0, 1)[None, :, y0:y0 + kh, x0:x0 + kw]
+    return torch.nn.functional.avg_pool2d(x, 8)[0].permute(1, 2, 0)
+
+
+@pytest.mark.parametrize("w, h", [(64, 48), (67, 50)])
+def test_picture_grid_png_is_the_cell_mean(tmp_path, w, h):
+    """A PNG (RGBA: alpha dropped as LoadImage does) is reduced to the 8x8 cell means of VAEEncode's
+    centred crop (rounded to uint8), the size is the file's."""
+    from PIL import Image
+
+    from fastdrag_core.points import vae_crop
+    from fastdrag_core.preview import picture_grid
+    rgb = _picture(w, h)
+    rgba = Image.fromarray(rgb, "RGB").convert("RGBA")
+    rgba.putalpha(7)  # colours under (almost) transparent alpha stay what they are
+    rgba.save(tmp_path / "a.png")
+    pic = picture_grid(Image.open(tmp_path / "a.png"))
+    assert pic.size == (h, w) and pic.grid.flags.writeable
+    ref = _cell_means(rgb, vae_crop((h, w)))
+    assert pic.grid.shape == tuple(ref.shape)
+    assert (torch.from_numpy(pic.grid).float() - ref).abs().max() <= 0.5 + 1e-4
+
+
+def test_picture_grid_jpeg_is_decoded_reduced_and_oriented(tmp_path):
+    """A JPEG is decoded at 1/8 scale (never at full size) and its EXIF orientation applied: a
+    quarter turn swaps the size; the cells are close to the full decode's cell means."""
+    import numpy as np
+    from PIL import Image
+
+    from fastdrag_core.preview import picture_grid
+    rgb = np.repeat(np.repeat(_picture(16, 12), 8, 0), 8, 1)  # flat 8x8 cells: JPEG keeps them
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 on display
+    Image.fromarray(rgb, "RGB").save(tmp_path / "a.jpg", quality=95, exif=exif)
+    img = Image.open(tmp_path / "a.jpg")
+    decoded = []
+    real_load = img.load
+    img.load = lambda: (decoded.append(img.size), real_load())[1]
+    pic = picture_grid(img)
+    assert decoded and max(s[0] * s[1] for s in decoded) <= 16 * 12  # decoded at 1/8 scale
+    assert pic.size == (128, 96)  # (H, W) after the quarter turn of a 128x96 file
+    full = np.asarray(Image.open(tmp_path / "a.jpg").transpose(Image.Transpose.ROTATE_270))
+    ref = _cell_means(full, (0, 0, 128, 96))
+    assert pic.grid.shape == (16, 12, 3)
+    assert (torch.from_numpy(pic.grid).float() - ref).abs().mean() < 4
+
+
+def test_warp_preview_grid_is_warp_preview_of_the_cell_means():
+    """The route's path (a reduced grid) and the full-picture path give the same preview."""
+    from fastdrag_core.preview import warp_preview_grid
+    torch.manual_seed(0)
+    img = torch.rand(50, 67, 3)
+    drag = _points(((20, 20), (36, 14)), ((40, 30), (30, 34)), w=67, h=50)
+    full, info = warp_preview(img, drag, None)
+    grid = _cell_means((img * 255).numpy(), (1, 1, 48, 64)) / 255
+    out, info2 = warp_preview_grid(grid, (50, 67), drag, None)
+    assert info == info2 and torch.allclose(out, full, atol=1e-5)
+    with pytest.raises(PreviewRequestError, match="latent-grid"):
+        warp_preview_grid(grid[:-1], (50, 67), drag, None)
+
+
+@pytest.mark.parametrize("digits", [401, 4000, 5000])
+def test_huge_width_is_a_clear_refusal(digits):
+    """A width of hundreds or thousands of digits is refused with a message (not OverflowError, not
+    Python's digit-limit text)."""
+    text = '{"version": 1, "width": %s, "height": 10, "drags": [{"handle": [1, 1], "target": [2, 2]}]}' % ("9" * digits)
+    with pytest.raises(PreviewRequestError) as e:
+        parse_preview_request(body(text))
+    msg = str(e.value)
+    assert msg.startswith("points:") and ("'width'" in msg or "too many digits" in msg), msg
+    assert "sys." not in msg and len(msg) < 200

@@ -324,6 +324,7 @@ async def editor_scenario(cdp, args, R, workflow, prefix=""):
     await cdp.wait(f"{ED}.preview.count > {count} && !{ED}.preview.inFlight && !{ED}.preview.again", timeout=15, every=0.02)
     R["drags_drawn_after_external_edit"] = await cdp.js(f"{ED}.state().drags.length")
     await asyncio.sleep(0.3)
+    await warnings_steps(cdp, args, R, edited, prefix)
     await cdp.js("app.canvas.setDirty(true, true); true")
     await asyncio.sleep(0.3)
 
@@ -379,6 +380,42 @@ async def editor_scenario(cdp, args, R, workflow, prefix=""):
     await asyncio.sleep(0.5)
     R["removed"] = await cdp.js("({dead: !!window.__fdEd.dead, canvas_in_document: document.contains(window.__fdEd.canvas),"
                                 " editor_on_node: !!window.__fd.fastdragEditor})")
+
+
+async def set_points(cdp, value):
+    await cdp.js(f"window.__fd.widgets.find(w => w.name === 'points').value = {json.dumps(json.dumps(value))};"
+                 " app.canvas.setDirty(true, true); true")
+    await asyncio.sleep(0.3)
+
+
+async def warnings_steps(cdp, args, R, points, prefix):
+    """What the status line warns of before a run: a handle outside the mask; 33 drags (all drawn, the
+    last one grey and removable by right-click); the picture does not move when the status wraps onto
+    one more line (1 to 4 lines). ``points`` are put back at the end."""
+    outside = dict(points, drags=points["drags"] + [{"handle": [6, 6], "target": [40, 30]}])
+    await set_points(cdp, outside)
+    R["status_handle_outside"] = (await status_facts(cdp))["text"]
+    R["handles_outside"] = await cdp.js(f"{ED}.handlesOutside")
+    over = dict(points, drags=[{"handle": [100 + k * 3, 90], "target": [110 + k * 3, 95]} for k in range(33)])
+    await set_points(cdp, over)
+    R["over_limit"] = {"drawn": await cdp.js(f"{ED}.state().drags.length"), "status": (await status_facts(cdp))["text"]}
+    await shoot(cdp, args, prefix + "editor_33_drags.png", node=True)
+    last = over["drags"][-1]["target"]
+    await cdp.click(*await pixel(cdp, *last), button="right")
+    await asyncio.sleep(0.2)
+    R["over_limit"]["after_right_click"] = {"drags": len((await cdp.js(POINTS))["drags"]),
+                                            "status": (await status_facts(cdp))["text"]}
+    # the status with 1, 2, 3, 4 and 5 lines of text: where the picture's canvas starts in the editor
+    R["canvas_top_by_status_lines"] = await cdp.js(f"""(() => {{ const e = {ED}, out = {{}};
+      const k = e.canvas.getBoundingClientRect().height / (e.canvas.clientHeight || 1) || 1;
+      const lh = parseFloat(getComputedStyle(e.status).lineHeight), range = document.createRange();
+      for (let words = 1; words < 600; words += 2) {{ e.setStatus('word '.repeat(words));
+        range.selectNodeContents(e.status);
+        const lines = Math.round(range.getBoundingClientRect().height / k / lh);
+        if (lines <= 5 && !(lines in out)) out[lines] = Math.round((e.canvas.getBoundingClientRect().top
+          - e.root.getBoundingClientRect().top) / k); }}
+      e.draw(); return out; }})()""")
+    await set_points(cdp, points)
 
 
 STATUS = f"{ED}.status"
@@ -591,6 +628,65 @@ async def examples_scenario(cdp, args, R):
             R["edit_run"]["text_outputs"] = entry and {k: {"text": v.get("text"), **entry.get("meta", {}).get(k, {})}
                                                        for k, v in entry.get("outputs", {}).items() if "text" in v}
             await shoot(cdp, args, f"example_{name}_after_run.png")
+    run = R.get("edit_run") or {}
+    args.run_lines = [t for v in (run.get("text_outputs") or {}).values() for t in (v.get("text") or [])]
+    R["after_run"] = await layouts_after_run(cdp, args, args.run_lines)
+
+
+# Node boxes (graph units, title bar included) that overlap, and summaries whose text does not fit
+# their box (LiteGraph renderer); in the "Nodes 2.0" renderer the nodes' DOM boxes.
+OVERLAPS_JS = """(() => { const ns = app.graph.nodes, t = LiteGraph.NODE_TITLE_HEIGHT, out = [];
+  const vue = !!document.querySelector('.lg-node');
+  const box = (n) => { if (vue) { const el = document.querySelector(`.lg-node[data-node-id="${n.id}"]`);
+      if (!el) return null; const r = el.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; }
+    return [n.pos[0], n.pos[1] - t, n.pos[0] + n.size[0], n.pos[1] + n.size[1]]; };
+  for (const a of ns) for (const b of ns) if (a.id < b.id) { const p = box(a), q = box(b);
+    if (p && q && p[0] < q[2] && q[0] < p[2] && p[1] < q[3] && q[1] < p[3])
+      out.push([a.type, b.type, Math.round(Math.min(p[3], q[3]) - Math.max(p[1], q[1]))]); }
+  const spilled = [];
+  for (const n of ns) { const el = n.fastdragSummary?.el; if (!el || !el.textContent) continue;
+    const k = el.getBoundingClientRect().height / (el.offsetHeight || 1) || 1;
+    const range = document.createRange(); range.selectNodeContents(el);
+    const text = range.getBoundingClientRect(), own = el.getBoundingClientRect();
+    let node = own; if (vue) { const ne = el.closest('.lg-node'); node = ne ? ne.getBoundingClientRect() : own; }
+    else { const ds = app.canvas.ds, r = app.canvas.canvas.getBoundingClientRect();
+      const [x0, y0] = ds.convertOffsetToCanvas([n.pos[0], n.pos[1]]);
+      node = {bottom: r.top + y0 + n.size[1] * ds.scale}; }
+    const over = Math.round((Math.max(text.bottom - own.bottom, text.bottom - node.bottom)) / k);
+    if (over > 1) spilled.push([n.type, over]); }
+  return {overlaps: out, spilled}; })()"""
+
+
+async def layouts_after_run(cdp, args, lines, prefix=""):
+    """Every template as a user sees it after a run: the text lines of the real run of the first
+    template (``lines``) delivered to each template's summary nodes the way ComfyUI delivers a run's
+    outputs (an "executed" message), then node boxes checked for overlap and summaries for text
+    that runs out of its node; a screenshot of each (``<prefix>after_run_<name>.png``)."""
+    out = {}
+    for path in sorted(glob.glob(os.path.join(args.workflows, "*.json"))):
+        with open(path) as f:
+            wf = json.load(f)
+        name = os.path.splitext(os.path.basename(path))[0]
+        editor = any(n.get("type") == "FastDragPoints" for n in wf.get("nodes", []))
+        W = out[name] = {"loaded": await load_graph(cdp, wf, editor=editor)}
+        if not W["loaded"]:
+            continue
+        W["delivered"] = await cdp.js(f"""(() => {{ const {{ api }} = window.comfyAPI.api; const lines = {json.dumps(lines)};
+          const pick = {{FastDragEdit: lines, FastDragInvert: lines.filter(t => t.startsWith('inverted')),
+                         FastDragSample: lines.filter(t => t.startsWith('sampled'))}};
+          let k = 0; for (const n of app.graph.nodes) {{ const t = pick[n.type]; if (!t || !t.length) continue;
+            api.dispatchCustomEvent('executed', {{node: String(n.id), display_node: String(n.id), output: {{text: t}}}}); k++; }}
+          return k; }})()""")
+        await asyncio.sleep(0.6)  # fit() resizes on the next animation frame
+        W.update(await cdp.js(OVERLAPS_JS))
+        W["note_visible"] = await cdp.js("""(() => { const n = app.graph.nodes.find(n => n.type === 'Note');
+          if (!n) return null; const ds = app.canvas.ds, r = app.canvas.canvas.getBoundingClientRect(), t = LiteGraph.NODE_TITLE_HEIGHT;
+          const pts = [[n.pos[0] + 8, n.pos[1] - t + 6], [n.pos[0] + n.size[0] - 8, n.pos[1] - t + 6], [n.pos[0] + 8, n.pos[1] + 20]];
+          return pts.every(([x, y]) => { const [cx, cy] = ds.convertOffsetToCanvas([x, y]);
+            const el = document.elementFromPoint(r.left + cx, r.top + cy);
+            return !!el && (el === app.canvas.canvas || !!el.closest('.lg-node, .dom-widget, textarea')); }); })()""")
+        await shoot(cdp, args, f"{prefix}after_run_{name}.png")
+    return out
 
 
 async def upstream_scenario(cdp, args, R):
@@ -608,8 +704,18 @@ async def upstream_scenario(cdp, args, R):
     await asyncio.sleep(0.8)
     R["before_run"] = {"image": await cdp.js(f"!!{ED}.image"), "message": await cdp.js(
         f"(() => {{ const e = {ED}; return e.layout() ? null : 'no picture'; }})()")}
+    # Load Image's full-size mask on 'mask' while the picture goes through Image Scale: said before the run
+    await cdp.js("window.__li = app.graph.nodes.find(n => n.type === 'LoadImage'); window.__li.connect(1, window.__fd, 1);"
+                 " app.canvas.setDirty(true, true); true")
+    await asyncio.sleep(0.5)
+    R["status_scaled_image_full_mask"] = (await status_facts(cdp))["text"]
+    await cdp.js("window.__fd.disconnectInput(1); app.canvas.setDirty(true, true); true")
+    await asyncio.sleep(0.3)
     entry = await queue_and_wait(cdp, args)
-    R["first_run"] = {"status": entry and entry["status"].get("status_str"), "error": error_message(entry)}
+    R["first_run"] = {"status": entry and entry["status"].get("status_str"), "error": error_message(entry),
+                      "notice": entry and entry.get("outputs", {}).get(str(await cdp.js("window.__fd.id")), {}).get("fastdrag_notice")}
+    await asyncio.sleep(0.5)
+    R["first_run"]["dialogs"] = await cdp.js("document.querySelectorAll('[role=dialog]').length")
     try:
         await cdp.wait(f"{ED}.image && {ED}.imageRef && {ED}.imageRef.type === 'temp'", timeout=10)
         R["picture_after_run"] = {"size": await cdp.js(f"{ED}.imageSize()"), "stale": await cdp.js(f"{ED}.stale")}
@@ -617,6 +723,7 @@ async def upstream_scenario(cdp, args, R):
         R["picture_after_run"] = None
         return
     R["status_no_mask"] = await status_facts(cdp)
+    await shoot(cdp, args, "upstream_no_drags_yet.png")
     # press-and-drag: hold the button, move (rubber band), release on the target
     a, b = (70, 80), (150, 60)
     pa, pb = await pixel(cdp, *a), await pixel(cdp, *b)
@@ -793,6 +900,8 @@ async def vue_scenario(cdp, args, R):
             R["resize"]["node_after"] = await cdp.js(f"{ED}.root.closest('.lg-node').getBoundingClientRect().height")
             await shoot(cdp, args, "vue_resized.png")
         await editor_scenario(cdp, args, R, args.workflow, prefix="vue_")
+        if getattr(args, "run_lines", None):
+            R["after_run"] = await layouts_after_run(cdp, args, args.run_lines, prefix="vue_")
     finally:
         await set_setting(args, "Comfy.VueNodes.Enabled", False)
 

@@ -219,7 +219,6 @@ def _points_graph(server, points, mask=None, extra=None):
 
 @pytest.mark.parametrize("points,needle", [
     (points_json([((500, 10), (20, 20))]), "(500, 10) is outside the 128x128 image"),
-    (points_json([]), "no drags yet; the picture is now shown in this node's editor"),
     (points_json([((10, 10), (20, 20))] * 33), "33 drags, at most 32"),
     ('{"version": 1, "drags": [', "not valid JSON"),
     ("[[1, 2], [3]]", "point 1"),
@@ -229,6 +228,22 @@ def test_bad_points(server, points, needle):
         server.run(_points_graph(server, points))
     assert e.value.node_type == "FastDragPoints"
     assert "FastDragPoints" in e.value.message and needle in e.value.message, e.value.message
+    assert e.value.message.count("128x128") <= 1, e.value.message  # the size said once
+
+
+def test_handle_outside_the_mask_is_a_warning(server):
+    """A handle on a pixel the mask leaves fixed: the run goes on, the node says which drag (its
+    output for the editor, and the log); a handle inside is not named."""
+    extra = {"ones": {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 128, "height": 128}},
+             "hole": {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": 64, "height": 64}},
+             "m": {"class_type": "MaskComposite", "inputs": {"destination": ["ones", 0], "source": ["hole", 0],
+                                                              "x": 0, "y": 0, "operation": "multiply"}}}
+    pts = points_json([((100, 100), (90, 90)), ((10, 12), (80, 80))])
+    out = server.run(_points_graph(server, pts, mask=("m", 0), extra=extra))["outputs"]["pts"]
+    warning = out["fastdrag_warning"][0]
+    assert warning.startswith("WARNING: handle of drag 2 (10, 12) is outside the mask"), warning
+    assert "drag 1" not in warning
+    assert "handle of drag 2 (10, 12) is outside the mask" in server.log_text()
 
 
 def test_mask_of_wrong_size(server):
@@ -258,8 +273,8 @@ def test_crop_margin_target_refused_by_points_before_any_unet_call(server):
 
 
 def test_no_drags_sends_the_picture_then_stops(server):
-    """Any upstream (here Image Scale): with no drags the node still writes its picture for the
-    editor (sent as a 'fastdrag.picture' event), then stops with a message saying what to do."""
+    """Any upstream (here Image Scale): with no drags the node sends its picture to the editor with
+    what to do next, and the run ends without an error: the nodes after it are skipped."""
     p = base(server.ckpt_name)
     del p["enc"]
     p["scaled"] = {"class_type": "ImageScale", "inputs": {"image": ["img", 0], "upscale_method": "nearest-exact",
@@ -268,9 +283,10 @@ def test_no_drags_sends_the_picture_then_stops(server):
     p["show"] = {"class_type": "PreviewAny", "inputs": {"source": ["pts", 0]}}
     temp = os.path.join(server.base, "temp")
     before = set(os.listdir(temp)) if os.path.isdir(temp) else set()
-    with pytest.raises(PromptError) as e:
-        server.run(p)
-    assert e.value.node_type == "FastDragPoints" and "place drags on it" in e.value.message, e.value.message
+    entry = server.run(p)
+    assert entry["status"]["status_str"] == "success"
+    assert "place drags on it" in entry["outputs"]["pts"]["fastdrag_notice"][0]
+    assert "show" not in entry["outputs"]  # PreviewAny after it did not run
     new = [f for f in os.listdir(temp) if f not in before and f.endswith(".png")]
     assert len(new) == 1, new
     with open(os.path.join(temp, new[0]), "rb") as f:

@@ -19,7 +19,7 @@
 // back with its picture), read-only and marked as coming from the link; "Copy to widget" removes the
 // link and puts those points into the widget, where they can be edited.
 
-import { canvasToImage, fitLayout, formatPoints, imageToCanvas, parseAnnotated, parsePoints, scaleDrags }
+import { MAX_DRAGS, canvasToImage, fitLayout, formatPoints, imageToCanvas, parseAnnotated, parsePoints, scaleDrags }
   from "./fastdrag_points_model.js";
 
 const { app } = window.comfyAPI.app;
@@ -45,6 +45,8 @@ const NO_MASK_HINT = "no mask: the whole picture moves, so the preview shows hol
 const MAX_UNDO = 100;
 const LINKED_READ_ONLY = "the drags come from the link (read-only here): press 'Copy to widget' to edit them in this editor";
 const SYNC_MS = 250;  // the Vue renderer draws no LiteGraph frames: poll the graph this often there
+const STATUS_LINES = 4;  // the status line's reserved height, in lines
+const OVER_LIMIT_COLOR = "#8a8a8a";  // drags past MAX_DRAGS: drawn, numbered, removable; the node refuses them
 
 const refKey = (r) => (r ? `${r.type}/${r.subfolder}/${r.filename}` : "");
 const query = (r) => `filename=${encodeURIComponent(r.filename)}&subfolder=${encodeURIComponent(r.subfolder || "")}` +
@@ -222,7 +224,9 @@ class DragEditor {
     this.status = document.createElement("div");
     this.status.className = "fastdrag-status";
     // its own row, wrapped: never cut off, whatever the node's width
-    this.status.style.cssText = "opacity:.85;white-space:normal;overflow-wrap:anywhere;line-height:1.3;flex:0 0 auto";
+    // at least STATUS_LINES lines tall: a hint that wraps onto one more line does not move the picture
+    this.status.style.cssText = "opacity:.85;white-space:normal;overflow-wrap:anywhere;line-height:1.3;flex:0 0 auto;" +
+      `min-height:${STATUS_LINES * 1.3}em`;
     const canvas = document.createElement("canvas");
     canvas.className = "fastdrag-canvas";
     // min-height: where the widget's box has no fixed height (the Vue node renderer), keep a canvas
@@ -610,6 +614,12 @@ class DragEditor {
     this.runPointsKey = upstreamKey(this.node, POINTS_WIDGET);
     const error = message?.fastdrag_error?.[0];
     this.runError = typeof error === "string" ? error : null;
+    const notice = message?.fastdrag_notice?.[0];  // the run stopped here on purpose (no drags yet)
+    this.runNotice = typeof notice === "string" ? notice : null;
+    this.runNoticeText = this.runNotice ? this.text : null;  // shown until the drags change
+    const warning = message?.fastdrag_warning?.[0];  // e.g. a handle outside the mask the node got
+    this.runWarning = typeof warning === "string" ? warning : null;
+    this.runWarningText = this.sourceText();
     this.useRun = true;
     this.sync();
     this.draw();
@@ -656,7 +666,8 @@ class DragEditor {
     if (!p.on || this.dead) return;
     if (p.inFlight) { p.again = true; return; }
     const s = this.state();
-    if (!this.imageRef || !this.image || s.error || !s.drags.length) {
+    // over the cap the route refuses the drags as the node does: the status line says so already
+    if (!this.imageRef || !this.image || s.error || !s.drags.length || s.drags.length > MAX_DRAGS) {
       this.clearPreviewImage();
       p.error = null;
       this.draw();
@@ -903,11 +914,12 @@ class DragEditor {
       const msg = this.message || (this.imageRef ? "loading image…" :
         "Connect a Load Image to 'image', or run the graph once (the node then sends its picture here), to place drags");
       ctx.fillText(msg, cw / 2, ch / 2, cw - 10);
-      this.setStatus(s.error ?? (s.linked ? "points come from a link: run the graph once; the node then sends its " +
-                                            "picture and the drags it gets, shown here read-only" : ""));
+      this.setStatus(s.error ?? [this.rescaledNotMask(), s.linked ? "points come from a link: run the graph once; the " +
+                                 "node then sends its picture and the drags it gets, shown here read-only" : ""]
+        .filter(Boolean).join(" · "));
       return;
     }
-    const showPreview = p.on && p.img && !s.error && s.drags.length;
+    const showPreview = p.on && p.img && !s.error && s.drags.length && s.drags.length <= MAX_DRAGS;
     ctx.imageSmoothingEnabled = !showPreview;  // preview cells stay visible as cells
     ctx.drawImage(showPreview ? p.img : this.image, L.ox, L.oy, L.W * L.s, L.H * L.s);
     ctx.imageSmoothingEnabled = true;
@@ -919,7 +931,7 @@ class DragEditor {
     }
     if (!s.error) {
       s.drags.forEach((d, i) => this.drawArrow(ctx, this.toCanvas(d.handle, L), this.toCanvas(d.target, L), i + 1,
-                                               i === this.selected && !s.linked, s.linked));
+                                               i === this.selected && !s.linked, s.linked, i >= MAX_DRAGS));
     }
     if (s.linked) this.drawBadge(ctx, L, this.pointsStale ? "FROM LINK · STALE" : "FROM LINK · read-only");
     const start = this.pressed?.start ?? this.pending;
@@ -954,14 +966,14 @@ class DragEditor {
   }
 
   /** A numbered arrow from handle to target; `linked` (drags from the link, read-only): dashed shaft. */
-  drawArrow(ctx, [hx, hy], [tx, ty], n, selected, linked = false) {
+  drawArrow(ctx, [hx, hy], [tx, ty], n, selected, linked = false, over = false) {
     const ang = Math.atan2(ty - hy, tx - hx);
     const len = Math.hypot(tx - hx, ty - hy);
     ctx.lineCap = "round";
-    for (const [color, width] of [["rgba(0,0,0,.6)", 5], ["#fff", 2.5]]) {
+    for (const [color, width] of [["rgba(0,0,0,.6)", 5], [over ? OVER_LIMIT_COLOR : "#fff", 2.5]]) {
       ctx.strokeStyle = color;
       ctx.lineWidth = width;
-      ctx.setLineDash(linked ? [7, 5] : []);
+      ctx.setLineDash(linked || over ? [7, 5] : []);
       ctx.beginPath();
       ctx.moveTo(hx, hy);
       ctx.lineTo(tx, ty);
@@ -976,8 +988,8 @@ class DragEditor {
       }
       ctx.stroke();
     }
-    dot(ctx, hx, hy, selected ? 6.5 : 5, HANDLE_COLOR);
-    dot(ctx, tx, ty, selected ? 6.5 : 5, TARGET_COLOR);
+    dot(ctx, hx, hy, selected ? 6.5 : 5, over ? OVER_LIMIT_COLOR : HANDLE_COLOR);
+    dot(ctx, tx, ty, selected ? 6.5 : 5, over ? OVER_LIMIT_COLOR : TARGET_COLOR);
     ctx.font = "bold 12px sans-serif";
     ctx.textAlign = "left";
     ctx.lineWidth = 3;
@@ -1004,6 +1016,8 @@ class DragEditor {
     const n = s.drags.length;
     const parts = [];
     if (this.notice) parts.push(this.notice);
+    if (this.runNotice && this.runNoticeText === this.text && !n) parts.push(this.runNotice);
+    for (const w of this.warnings(s, L)) parts.push(w);
     parts.push(`${L.W}×${L.H}`);
     if (!s.linked) {
       parts.push(`${n} drag${n === 1 ? "" : "s"}`);
@@ -1025,7 +1039,8 @@ class DragEditor {
     else if (!this.maskConnected()) parts.push(NO_MASK_HINT);
     const p = this.preview;
     if (p.on) {
-      if (p.error) parts.push(`preview: ${p.error}`);
+      if (n > MAX_DRAGS) parts.push(`preview: off over ${MAX_DRAGS} drags`);
+      else if (p.error) parts.push(`preview: ${p.error}`);
       else if (p.img && s.drags.length && p.task && p.task !== "drag") {
         parts.push(`preview (${p.task}) ${Math.round(p.ms)} ms, object moved by (${p.shift}) cells (dx,dy), ${p.holes} cells filled`);
       } else if (p.img && s.drags.length) parts.push(`preview ${Math.round(p.ms)} ms, ${p.holes} hole cells`);
@@ -1035,6 +1050,55 @@ class DragEditor {
     else if (this.pending) parts.push("click the target");
     else if (!s.drags.length) parts.push("press on the handle and drag to the target (or click handle, then target)");
     return parts.join(" · ");
+  }
+
+  /** What will go wrong, said before the run: drags past the node's cap, handles outside the mask,
+   *  a mask that does not follow a rescaled picture. */
+  warnings(s, L) {
+    const out = [];
+    this.handlesOutside = [];
+    const n = s.drags.length;
+    if (n > MAX_DRAGS) {
+      out.push(`${n} drags: the node takes at most ${MAX_DRAGS}; ${n === MAX_DRAGS + 1 ? "drag " + n + " (grey) is" :
+        "drags " + (MAX_DRAGS + 1) + "-" + n + " (grey) are"} over the limit: remove ${n - MAX_DRAGS === 1 ? "it" : "them"} ` +
+        "(right-click a point, Delete, or Undo)");
+    }
+    const bits = this.mask?.overlay?.editable;
+    if (bits && this.mask.overlay.width === L.W && this.mask.overlay.height === L.H) {
+      const outside = [];
+      s.drags.forEach((d, i) => {
+        const x = Math.min(L.W - 1, Math.max(0, Math.round(d.handle[0])));
+        const y = Math.min(L.H - 1, Math.max(0, Math.round(d.handle[1])));
+        if (!bits[y * L.W + x]) outside.push(i + 1);
+      });
+      if (outside.length) {
+        this.handlesOutside = outside;
+        out.push(`WARNING: handle of drag ${outside.join(", ")} is outside the mask: only the masked region moves, so the ` +
+                 "edit moves that region instead of what is under the handle; put the handle inside, or paint the mask over it");
+      }
+    } else if (this.mask?.overlay && this.image) {
+      out.push(`WARNING: the mask is ${this.mask.overlay.width}×${this.mask.overlay.height} but the picture is ` +
+               `${L.W}×${L.H}: the node refuses a mask of another size; scale the mask the same way as the picture`);
+    }
+    if (this.runWarning && this.runWarningText === this.sourceText() && !out.some((w) => w.includes("outside the mask"))) {
+      out.push(this.runWarning);  // the node's own check (a mask the editor cannot read, linked drags)
+    }
+    const rescaled = this.rescaledNotMask();
+    if (rescaled && !(this.mask?.overlay && this.mask.overlay.width !== L.W)) out.push(rescaled);
+    return out;
+  }
+
+  /** `image` passes through a node (Image Scale, ...) while `mask` comes straight from a file: the points
+   *  follow the picture's new size, a full-size mask does not. Said before the run (the picture's size
+   *  is known only after it). */
+  rescaledNotMask() {
+    const img = upstream(this.node, "image"), m = upstream(this.node, "mask");
+    if (!img || !m || loaderRef(img.node) || !loaderRef(m.node)) return "";
+    const through = img.node.title || img.node.type;
+    const from = m.node.title || m.node.type;
+    return `WARNING: 'image' comes through ${through}, 'mask' straight from ${from}: the points follow the picture's ` +
+      "size, the mask does not; if the picture is resized, resize the mask the same way (Convert Mask to Image, " +
+      "the same scaling, Convert Image to Mask), or the node refuses it";
   }
 
   setStatus(text) {
@@ -1088,14 +1152,17 @@ function maskOverlay(img, channel) {
   const px = data.data;
   const ch = { red: 0, green: 1, blue: 2, alpha: 3 }[channel] ?? 3;
   let any = false;
+  const editable = new Uint8Array(w * h);  // 1 = editable, per image pixel (the node's mask > 0)
   for (let i = 0; i < px.length; i += 4) {
     const v = ch === 3 ? 255 - px[i + 3] : px[i + ch];
     const on = v > 0;
     any ||= on;
+    editable[i >> 2] = on ? 1 : 0;
     px[i] = 0; px[i + 1] = 0; px[i + 2] = 0; px[i + 3] = on ? 0 : 255;
   }
   if (!any) return null;
   ctx.putImageData(data, 0, 0);
+  c.editable = editable;
   return c;
 }
 

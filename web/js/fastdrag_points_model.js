@@ -17,7 +17,7 @@ export function parsePoints(text) {
   const pt = (p) => Array.isArray(p) && p.length === 2 && p.every((c) => typeof c === "number" && isFinite(c));
   if (Array.isArray(v)) {  // DragBench flat list: handle, target, handle, target, ...
     if (v.length % 2 || !v.every(pt)) return { error: "points list must be [[x, y], ...] handle, target pairs" };
-    if (v.length > 2 * MAX_DRAGS) return { error: `${v.length / 2} drags, at most ${MAX_DRAGS} are accepted` };
+    if (v.length > 2 * MAX_SHOWN_DRAGS) return { error: `${v.length / 2} drags, at most ${MAX_DRAGS} are accepted` };
     const drags = [];
     for (let i = 0; i < v.length; i += 2) drags.push({ handle: [...v[i]], target: [...v[i + 1]] });
     return { width: null, height: null, drags };
@@ -25,7 +25,7 @@ export function parsePoints(text) {
   if (!v || typeof v !== "object" || !Array.isArray(v.drags)) return { error: "points JSON needs a \"drags\" list" };
   if (v.version !== undefined && v.version !== 1) return { error: `points JSON version ${v.version} is not 1` };
   if (!v.drags.every((d) => d && pt(d.handle) && pt(d.target))) return { error: "each drag needs handle [x, y] and target [x, y]" };
-  if (v.drags.length > MAX_DRAGS) return { error: `${v.drags.length} drags, at most ${MAX_DRAGS} are accepted` };
+  if (v.drags.length > MAX_SHOWN_DRAGS) return { error: `${v.drags.length} drags, at most ${MAX_DRAGS} are accepted` };
   // the node's rules (fastdrag_core.points): whole positive pixel counts, both or neither
   const dim = (n) => (n == null ? null : Number.isInteger(n) && n > 0 && n <= 1 << 20 ? n : NaN);
   const width = dim(v.width), height = dim(v.height);
@@ -36,6 +36,9 @@ export function parsePoints(text) {
 
 /** The node's cap on drags per edit (fastdrag_core.points.MAX_DRAGS). */
 export const MAX_DRAGS = 32;
+/** Drags over MAX_DRAGS are still parsed and drawn (marked, removable) up to this many: one too many
+ *  must not leave "Clear" as the only way out; a list longer than this is a pasted mistake. */
+export const MAX_SHOWN_DRAGS = 256;
 
 export function formatPoints(width, height, drags) {
   return JSON.stringify({

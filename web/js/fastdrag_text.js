@@ -11,6 +11,28 @@ const WIDGET = "fastdrag_summary";
 // row (keyed by index and name) is mounted, and graph undo re-creates the node under the same id; a
 // new name gives the new node's summary a new row (see fastdrag_points.js).
 let widgetSerial = 0;
+const MIN_HEIGHT = 34;  // two lines
+
+/** Height of the element's text as laid out now (its content box grows with the widget's box, so
+ *  the text's own extent is measured, not scrollHeight). */
+function textHeight(el) {
+  if (!el.isConnected || !el.firstChild) return 0;
+  const range = document.createRange();
+  range.selectNodeContents(el);
+  const k = el.getBoundingClientRect().height / (el.offsetHeight || 1) || 1;  // the canvas zoom
+  const pad = parseFloat(getComputedStyle(el).paddingTop) + parseFloat(getComputedStyle(el).paddingBottom);
+  return range.getBoundingClientRect().height / k + pad;
+}
+
+/** Grow the node (never shrink it) so that its summary is shown whole; in the "Nodes 2.0" renderer
+ *  the node's box follows its content already. */
+function fit(node) {
+  requestAnimationFrame(() => {
+    const want = node.computeSize?.()[1];
+    if (want && want > node.size[1]) node.setSize([node.size[0], want]);
+    node.setDirtyCanvas?.(true, true);
+  });
+}
 
 function summaryWidget(node) {
   const el = document.createElement("div");
@@ -20,7 +42,9 @@ function summaryWidget(node) {
   el.textContent = "";
   const widget = node.addDOMWidget(`${WIDGET}_${++widgetSerial}`, "FASTDRAG_SUMMARY", el, {
     serialize: false, hideOnZoom: false, getValue: () => undefined, setValue: () => {},
-    getMinHeight: () => 34,
+    // the whole text, at the node's width: the node grows to show it (see fit) instead of the text
+    // running over the node below
+    getMinHeight: () => Math.max(MIN_HEIGHT, Math.ceil(textHeight(el)) + 6),
   });
   widget.serialize = false;
   return { el, widget, lines: new Map() };
@@ -61,7 +85,7 @@ if (!window[LOADED]) {
         if (s && Array.isArray(texts) && texts.length) {
           for (const t of texts) s.lines.set(String(t).split(" ", 1)[0], String(t));
           render(s);
-          this.setDirtyCanvas?.(true, true);
+          fit(this);
         }
         return r;
       };
