@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from fastdrag_core.points import DragPoints
-from fastdrag_core.preview import PreviewRequestError, object_move_preview, parse_preview_request
+from fastdrag_core.preview import (PreviewRequestError, object_move_preview, object_move_preview_grid,
+                                   parse_preview_request)
 
 SIZE = 256  # a 32x32 latent grid
 
@@ -37,6 +38,39 @@ def test_move_pastes_at_the_target_and_fills_the_source():
     tinted, _ = object_move_preview(img, _one((32, 32), (200, 160)), mask, "move object", holes=True)
     assert torch.allclose(tinted[3, 3], torch.tensor([0.55, 0.0, 0.55]))
     assert torch.equal(tinted[20, 24], torch.ones(3))
+
+
+def test_grid_path_moves_the_cells():
+    """The route's path: the picture already reduced to the latent grid (one value per cell), the
+    points, mask and fill region in pixels of the full picture."""
+    _, mask = _scene()
+    grid = torch.zeros(32, 32, 3)
+    grid[2:6, 2:6] = 1.0  # the white square's cells
+    fill = torch.zeros(SIZE, SIZE)
+    fill[200:240, 200:240] = 1
+    out, info = object_move_preview_grid(grid, (SIZE, SIZE), _one((32, 32), (200, 160)), mask, "move object",
+                                         fill_region=fill, holes=False)
+    assert info["shift"] == [21, 16] and info["moved"] == 16 and info["holes"] == 16
+    assert torch.equal(out[18:22, 23:27], torch.ones(4, 4, 3)) and float(out.sum()) == 16 * 3
+    with pytest.raises(PreviewRequestError, match="latent-grid"):
+        object_move_preview_grid(grid[:-1], (SIZE, SIZE), _one((32, 32), (200, 160)), mask, "move object")
+
+
+def test_full_picture_is_the_grid_path_on_the_cell_means():
+    """A picture that VAEEncode crops (67x50: 1 px off each side): the full-picture function gives
+    the grid path's result on the crop's 8x8 means (numpy reference)."""
+    torch.manual_seed(0)
+    img = torch.rand(50, 67, 3)
+    mask = torch.zeros(50, 67)
+    mask[10:30, 12:36] = 1
+    fill = torch.zeros(50, 67)
+    fill[33:49, 40:66] = 1
+    drag = DragPoints(((20, 20),), ((44, 30),), 67, 50)
+    means = img.numpy()[1:49, 1:65].reshape(6, 8, 8, 8, 3).mean(axis=(1, 3))
+    for task in ("move object", "copy object"):
+        full, info = object_move_preview(img, drag, mask, task, fill_region=fill)
+        out, info2 = object_move_preview_grid(torch.from_numpy(means), (50, 67), drag, mask, task, fill_region=fill)
+        assert info == info2 and info["grid"] == [8, 6] and torch.allclose(out, full, atol=1e-5)
 
 
 def test_copy_keeps_the_original():

@@ -190,6 +190,16 @@ def test_preview_route_move_and_copy(server):
     two = {**body, "points": points_json(DRAG + [((20, 20), (30, 30))])}
     status, err = server._http("POST", "/fastdrag/preview", json.dumps(two).encode())
     assert status == 400 and "takes one drag" in json.loads(err)["error"], err
+    # the fill region is read like the mask (alpha: 1 - alpha is set), checked against the picture's size
+    server.write_input("fastdrag_objmove_fill.png",
+                       _rgba_png(128, 128, lambda x, y: 0 if x >= 96 and y >= 96 else 255))
+    server.write_input("fastdrag_objmove_fill64.png", _rgba_png(64, 64, lambda x, y: 0))
+    status, _ = server._http("POST", "/fastdrag/preview", json.dumps(
+        {**body, "fill_region": {"filename": "fastdrag_objmove_fill.png", "channel": "alpha"}}).encode())
+    assert status == 200 and server.last_headers["X-FastDrag-Shift"] == "3,3"
+    status, err = server._http("POST", "/fastdrag/preview", json.dumps(
+        {**body, "fill_region": {"filename": "fastdrag_objmove_fill64.png"}}).encode())
+    assert status == 400 and "fill_region: 64x64 (WxH) does not match the 128x128 image" in json.loads(err)["error"], err
 
 
 @pytest.mark.parametrize("graph,needle", [
