@@ -39,6 +39,7 @@ MAX_META_BYTES = 64 << 20  # a 2048 x 2048 float64 mask is 32 MiB; DragBench's a
 MAX_IMAGE_PIXELS = 4096 * 4096  # checked from the PNG header, before decoding
 MAX_DRAGS = 32  # = fastdrag_core.points.MAX_DRAGS (torch-free copy for the runner; a test keeps them equal)
 MAX_PROMPT_CHARS = 4096
+MAX_PICKLE_OPS = 100_000  # a DragBench pickle has a few hundred opcodes (the mask is one bytes object)
 
 # The official scripts' category order (run_eval_point_matching.py); other folders follow, sorted.
 OFFICIAL_CATEGORIES = (
@@ -236,9 +237,20 @@ def _scalar_keys(load):
     return checked
 
 
+def _counted(load):
+    """An opcode handler that counts: more than MAX_PICKLE_OPS opcodes is not DragBench metadata (and
+    bounds the time a hostile file can take in this pure-Python unpickler to well under a second)."""
+    def counted(self):
+        self.ops += 1
+        if self.ops > MAX_PICKLE_OPS:
+            raise _Refused(f"more than {MAX_PICKLE_OPS} pickle operations, far more than DragBench metadata has")
+        return load(self)
+    return counted
+
+
 class _RestrictedUnpickler(pickle._Unpickler):
     """Python's own (pure-Python) unpickler, so that every opcode that hashes goes through
-    :func:`_scalar_keys` first; globals only from :data:`_STAND_INS`."""
+    :func:`_scalar_keys` first and every opcode is counted; globals only from :data:`_STAND_INS`."""
 
     dispatch = dict(pickle._Unpickler.dispatch)
     for _op, _load in ((pickle.SETITEM, pickle._Unpickler.load_setitem),
@@ -247,11 +259,12 @@ class _RestrictedUnpickler(pickle._Unpickler):
                        (pickle.ADDITEMS, pickle._Unpickler.load_additems),
                        (pickle.FROZENSET, pickle._Unpickler.load_frozenset)):
         dispatch[_op[0]] = _scalar_keys(_load)
+    dispatch = {_k: _counted(_v) for _k, _v in dispatch.items()}
     del _op, _load
 
     def __init__(self, file, source: str):
         super().__init__(file)
-        self.source = source
+        self.source, self.ops = source, 0
 
     def find_class(self, module, name):  # every global (GLOBAL, STACK_GLOBAL, INST, OBJ, EXT*) comes here
         if (module, name) in _STAND_INS:

@@ -247,8 +247,8 @@ def _cases():
     add("mask_5d", meta(mask=ndarray((1, 1, 1, H, W), u1, good_mask)), "malformed shape")
     add("mask_list", meta(mask=[[1] * W] * H), "h x w")
     add("points_array_1e12", meta(points=ndarray((10**12, 2), f8, b"")), "drags, at most 32")
-    add("points_2e5_drags", meta(points=Repeat((4, 4), 200_000)), "100000 drags, at most 32")
-    add("point_with_1e6_values", meta(points=[Repeat(1, 1_000_000), (8, 8)]), "point 0 must be")
+    add("points_40000", meta(points=Repeat((4, 4), 40_000)), "20000 drags, at most 32")
+    add("point_with_50000_values", meta(points=[Repeat(1, 50_000), (8, 8)]), "point 0 must be")
     add("points_nan", meta(points=[(4, float("nan")), (8, 8)]), "point 0 must be")
     add("points_inf", meta(points=[(4, 4), (float("inf"), 8)]), "point 1 must be")
     add("points_bool", meta(points=[(True, False), (8, 8)]), "point 0 must be")
@@ -258,15 +258,17 @@ def _cases():
     add("points_outside", meta(points=[(4, 4), (W + 5, 8)]), "outside the 32x32 image")
     add("points_bigint", meta(points=[(10**400, 4), (8, 8)]), "point 0 must be")
     # nesting and structure
-    add("deep_nested_point", meta(points=[nested(200_000), (8, 8)]), "point 0 must be")
-    add("deep_nested_key", {"prompt": "x", nested(200_000, kind=tuple): 1}, "dict key or set item")
-    add("deep_tuple1_key", {"prompt": "x", "points": [(4, 4), (8, 8)], _Raw(emit(1) + b"\x85" * 300_000): 1},
+    add("deep_nested_point", meta(points=[nested(40_000), (8, 8)]), "point 0 must be")
+    add("deep_nested_key", {"prompt": "x", nested(40_000, kind=tuple): 1}, "dict key or set item")
+    add("deep_tuple1_key", {"prompt": "x", "points": [(4, 4), (8, 8)], _Raw(emit(1) + b"\x85" * 90_000): 1},
         "dict key or set item")
-    add("deep_key_in_frozenset", meta(extra=_Raw(b"\x8f(" + emit(1) + b"\x85" * 300_000 + b"\x90")),
+    add("deep_key_in_frozenset", meta(extra=_Raw(b"\x8f(" + emit(1) + b"\x85" * 90_000 + b"\x90")),
         "dict key or set item")
-    add("deep_nested_prompt", meta(prompt=nested(200_000)), "'prompt' must be a string")
+    add("deep_nested_prompt", meta(prompt=nested(40_000)), "'prompt' must be a string")
     add("laughs_point", meta(points=[laughs(22), (8, 8)]), "point 0 must be")
     add("laughs_extra", meta(extra=laughs(40), points=[(4, 4), (40, 8)]), "outside the 32x32 image")
+    add("opcode_flood", b"\x80\x02" + b"N" * 300_000 + b".", "pickle operations", raw=True)
+    add("deep_tuple1_300k_key", {"prompt": "x", _Raw(emit(1) + b"\x85" * 300_000): 1}, "pickle operations")
     add("not_a_dict", [1, 2, 3], "expected a dict")
     add("prompt_bytes", meta(prompt=b"abc"), "'prompt' must be a string")
     add("prompt_1e6_chars", meta(prompt="x" * 1_000_000), "at most 4096")
