@@ -604,39 +604,58 @@ def result_dir(out: str, ref: SampleRef) -> str:
 
 
 # ------------------------------------------------------------------------------------------ summary
-SUMMARY_KEYS = ("md", "if", "seconds_per_image", "seconds_per_point", "n_samples", "n_points")
+SUMMARY_KEYS = ("md", "if", "seconds_per_image", "seconds_per_point", "n_samples", "n_points", "n_md", "n_if")
 
 
 def _aggregate(records: list[dict]) -> dict:
     """MD = mean over all points (the official mean over the 349 pairs), IF = mean over images,
-    seconds per image = mean edit time, seconds per point = total edit time / points."""
-    dists = [d for r in records for d in r["distances"]]
-    secs = [r["seconds"] for r in records if r.get("seconds") is not None]
-    n_points = sum(r["n_points"] for r in records)
+    seconds per image = mean edit time, seconds per point = total edit time / points. A record
+    without MD (``distances`` None) or IF (``if`` None) or time (``seconds`` None) is left out of
+    that mean only; ``n_md`` / ``n_if`` count the samples each mean is over."""
+    with_md = [r for r in records if r.get("distances") is not None]
+    with_if = [r for r in records if r.get("if") is not None]
+    dists = [d for r in with_md for d in r["distances"]]
+    timed = [r for r in records if r.get("seconds") is not None]
+    secs = [r["seconds"] for r in timed]
+    timed_points = sum(r["n_points"] for r in timed)
     return {
         "md": float(np.mean(dists)) if dists else None,
-        "if": float(np.mean([r["if"] for r in records])) if records else None,
+        "if": float(np.mean([r["if"] for r in with_if])) if with_if else None,
         "seconds_per_image": float(np.mean(secs)) if secs else None,
-        "seconds_per_point": (float(sum(secs)) / sum(r["n_points"] for r in records if r.get("seconds") is not None)
-                              if secs else None),
+        "seconds_per_point": float(sum(secs)) / timed_points if secs and timed_points else None,
         "n_samples": len(records),
-        "n_points": n_points,
+        "n_points": sum(r["n_points"] for r in records),
+        "n_md": len(with_md),
+        "n_if": len(with_if),
     }
 
 
-def summarize(records: list[dict], failed: list[dict], run: dict | None = None) -> dict:
+def summarize(records: list[dict], failed: list[dict], run: dict | None = None,
+              not_run: list[dict] | None = None) -> dict:
     """The run summary (``summary.json``).
 
     Args:
-        records: per sample ``{"category", "sample", "distances": [px, ...], "if", "seconds", "n_points"}``
-            (``seconds`` may be None when unknown).
-        failed: ``[{"sample": "category/sample", "error": str}]``.
+        records: per sample ``{"category", "sample", "distances": [px, ...] or None, "if": float or None,
+            "seconds": float or None, "n_points", "missing": {metric: reason}}`` (None = not measured;
+            ``missing`` says why).
+        failed: ``[{"sample": "category/sample", "error": str, "kind": "data" | ...}]``; ``kind`` "data"
+            (the sample's own files were refused) is the only kind a complete run may have.
         run: settings of the run, stored under ``"run"``.
+        not_run: ``[{"sample", "reason"}]`` selected samples the run never got to.
+
+    ``complete`` is true when every selected sample has an edit and every metric it was asked for,
+    or was refused for its own data.
     """
     cats = sorted({r["category"] for r in records}, key=_category_order)
+    missing = [{"sample": r["sample"], "metric": m, "reason": why}
+               for r in records for m, why in sorted((r.get("missing") or {}).items())]
+    not_run = list(not_run or ())
     out = {"overall": _aggregate(records),
            "categories": {c: _aggregate([r for r in records if r["category"] == c]) for c in cats},
-           "failed": [{"sample": f["sample"], "error": f["error"]} for f in failed]}
+           "failed": [{"sample": f["sample"], "error": f["error"], "kind": f.get("kind", "data")} for f in failed],
+           "missing_metrics": missing,
+           "not_run": not_run,
+           "complete": not missing and not not_run and all(f.get("kind", "data") == "data" for f in failed)}
     if run is not None:
         out["run"] = run
     return out
@@ -665,10 +684,25 @@ def summary_table(summary: dict) -> str:
         lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
         if k == 0 or k == len(rows) - 2:
             lines.append("  ".join("-" * w for w in widths))
-    if summary["failed"]:
-        lines.append(f"failed: {len(summary['failed'])} sample(s)")
-        lines += [f"  {f['sample']}: {f['error']}" for f in summary["failed"]]
+    lines += _problems(summary, "  ")
     return "\n".join(lines)
+
+
+def _problems(summary: dict, indent: str) -> list[str]:
+    """Failed, unmeasured and never-run samples, one line each (for the table and summary.md)."""
+    lines = []
+    if summary.get("failed"):
+        lines.append(f"failed: {len(summary['failed'])} sample(s)")
+        lines += [f"{indent}{f['sample']} ({f.get('kind', 'data')}): {f['error']}" for f in summary["failed"]]
+    if summary.get("missing_metrics"):
+        lines.append(f"missing metrics: {len(summary['missing_metrics'])}")
+        lines += [f"{indent}{m['sample']}: no {m['metric'].upper()} ({m['reason']})" for m in summary["missing_metrics"]]
+    if summary.get("not_run"):
+        lines.append(f"not run: {len(summary['not_run'])} sample(s)")
+        lines += [f"{indent}{m['sample']}: {m['reason']}" for m in summary["not_run"]]
+    if not summary.get("complete", True):
+        lines.append("INCOMPLETE: the table covers only the samples above it; see failed / missing / not run")
+    return lines
 
 
 def summary_markdown(summary: dict, sheets: dict[str, str] | None = None) -> str:
@@ -684,9 +718,9 @@ def summary_markdown(summary: dict, sheets: dict[str, str] | None = None) -> str
     lines += ["", "MD: mean distance in source pixels between each target and where DIFT finds the handle's "
               "content in the edited image (mean over all points). IF: 1 − LPIPS (AlexNet, 224×224), mean over "
               "images. Seconds: edit time in the server per image, and total edit time / points."]
-    if summary["failed"]:
-        lines += ["", f"## Failed ({len(summary['failed'])})", ""]
-        lines += [f"- `{f['sample']}`: {f['error']}" for f in summary["failed"]]
+    problems = _problems(summary, "- ")
+    if problems:
+        lines += ["", "## Not measured", ""] + [p if p.startswith("- ") else f"**{p}**" for p in problems]
     if sheets:
         lines += ["", "## Contact sheets", ""]
         lines += [f"- {cat}: [{path}]({path})" for cat, path in sheets.items()]
