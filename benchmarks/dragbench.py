@@ -326,7 +326,8 @@ class Run:
         if not cached_nodes(entry) & self.sample_nodes:
             return data, secs, None
         log(f"{tag}: ComfyUI answered the edit from its cache; editing again under a fresh upload name")
-        values["image"], values["mask"] = upload_sample(self.client, ref, img, meta, fresh=f"run-{uuid.uuid4().hex[:8]}")
+        values["image"], values["mask"] = upload_sample(self.client, ref, img, meta,
+                                                        fresh=f"run-{uuid.uuid4().hex[:8]}")
         data, secs, entry = mw.run_edit(self.client, self.workflow, values, timeout=self.args.timeout)
         if cached_nodes(entry) & self.sample_nodes:
             return data, None, "answered from ComfyUI's cache twice: no edit time"
@@ -385,7 +386,8 @@ class Run:
             if todo:
                 stage = "metrics"
                 with open(png, "rb") as f:
-                    edited_name = self.client.upload_image(f.read(), db.RESULT_FILE, f"dragbench/{ref.category}/{ref.name}")
+                    edited_name = self.client.upload_image(f.read(), db.RESULT_FILE,
+                                                           f"dragbench/{ref.category}/{ref.name}")
                 for m in todo:
                     try:
                         metrics.update(self.metric(m, src_name, edited_name, points, meta))

@@ -392,7 +392,8 @@ def _mask(raw, source: str, image_size: tuple[int, int] | None) -> np.ndarray | 
                              + ("empty" if min(shape[:2]) < 1 else "larger than any DragBench image"))
     if image_size is not None and shape[:2] not in ((image_size[1], image_size[0]), tuple(image_size)):
         # (either orientation: EXIF may turn the image; check_sample compares exactly after decoding)
-        raise DragBenchError(f"{source}: mask is {_dims(shape[1::-1])} but the image is {image_size[0]}x{image_size[1]}")
+        raise DragBenchError(f"{source}: mask is {_dims(shape[1::-1])} but the image is "
+                             f"{image_size[0]}x{image_size[1]}")
     mask = raw.build(source, "'mask'")
     if mask.ndim == 3:
         mask = mask[..., 0]
@@ -592,9 +593,9 @@ def find_sample(samples: list[SampleRef], key: str) -> SampleRef:
     if len(hits) == 1:
         return hits[0]
     if len(hits) > 1:
-        raise DragBenchError(f"sample name {key!r} is in several categories ({', '.join(s.category for s in hits)}); "
+        raise DragBenchError(f"sample name {short_repr(key)} is in several categories ({', '.join(s.category for s in hits)}); "
                              "give category/sample")
-    raise DragBenchError(f"no sample {key!r}; give an index (0-{len(samples) - 1}), category/sample or a sample "
+    raise DragBenchError(f"no sample {short_repr(key)}; give an index (0-{len(samples) - 1}), category/sample or a sample "
                          f"name such as {samples[0].key!r}")
 
 
@@ -696,7 +697,8 @@ def _problems(summary: dict, indent: str) -> list[str]:
         lines += [f"{indent}{f['sample']} ({f.get('kind', 'data')}): {f['error']}" for f in summary["failed"]]
     if summary.get("missing_metrics"):
         lines.append(f"missing metrics: {len(summary['missing_metrics'])}")
-        lines += [f"{indent}{m['sample']}: no {m['metric'].upper()} ({m['reason']})" for m in summary["missing_metrics"]]
+        lines += [f"{indent}{m['sample']}: no {m['metric'].upper()} ({m['reason']})"
+                  for m in summary["missing_metrics"]]
     if summary.get("not_run"):
         lines.append(f"not run: {len(summary['not_run'])} sample(s)")
         lines += [f"{indent}{m['sample']}: {m['reason']}" for m in summary["not_run"]]

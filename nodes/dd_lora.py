@@ -110,7 +110,8 @@ def lora_file_path(save_name: str, node: str = NODE) -> tuple[str, str]:
     if any(ord(c) < 32 or ord(c) == 127 for c in name) or name.endswith(("/", "\\")):
         raise ValueError(f"{node}: save_name {_shown(save_name)} {rule}")
     parts = name.replace("\\", "/").split("/")
-    if os.path.isabs(name.replace("\\", "/")) or any(p in ("", ".", "..") for p in parts) or parts[-1] == ".safetensors":
+    if (os.path.isabs(name.replace("\\", "/")) or any(p in ("", ".", "..") for p in parts)
+            or parts[-1] == ".safetensors"):
         raise ValueError(f"{node}: save_name {_shown(save_name)} {rule}")
     if not parts[-1].endswith(".safetensors"):
         parts[-1] += ".safetensors"

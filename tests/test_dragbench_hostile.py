@@ -135,3 +135,10 @@ def test_links_out_of_the_allowed_folder_are_refused(tmp_path):
     # links that stay inside are fine
     (root / "animals" / "alias").symlink_to(root / "animals" / "plain")
     db.load_sample(db.find_sample(db.list_samples(str(root), within=within), "alias"), within=within)
+
+
+def test_a_long_sample_key_gives_a_short_message(tmp_path):
+    hd.write_case(str(tmp_path / "cat" / "s"), hd.Case("s", hd.valid_meta_bytes(), hd.good_png(), ""))
+    with pytest.raises(db.DragBenchError) as e:
+        db.find_sample(db.list_samples(str(tmp_path)), "x" * 100_000)
+    assert str(e.value).startswith("no sample 'xxx") and len(str(e.value)) < 300

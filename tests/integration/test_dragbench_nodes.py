@@ -276,6 +276,11 @@ def test_node_schemas(server):
 HOSTILE = "hostile_bench"
 
 
+def sample_name_prompt(folder, sample):
+    return {"s": {"class_type": "DragBenchSample", "inputs": {"folder": folder, "sample": sample}},
+            "n": {"class_type": "PreviewAny", "inputs": {"source": ["s", 4]}}}
+
+
 def _vm(pid, key):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -318,8 +323,7 @@ def test_sample_loader_refuses_the_hostile_corpus(server, tmp_path):
     pids = {}
     for key in expected:  # all queued at once: one round of execution, no per-prompt wait
         folder, sample = key if isinstance(key, tuple) else (HOSTILE, key)
-        pids[key] = server.submit({"s": {"class_type": "DragBenchSample", "inputs": {"folder": folder, "sample": sample}},
-                                   "n": {"class_type": "PreviewAny", "inputs": {"source": ["s", 4]}}})
+        pids[key] = server.submit(sample_name_prompt(folder, sample))
     bad = []
     for key, pid in pids.items():
         entry = server.wait(pid, timeout=120, raise_errors=False)
@@ -336,6 +340,5 @@ def test_sample_loader_refuses_the_hostile_corpus(server, tmp_path):
     grew = _vm(server.proc.pid, "VmHWM") - hwm_before
     assert grew < 400, f"the server's peak memory grew by {grew:.0f} MiB on {len(pids)} hostile samples"
     hd.write_case(os.path.join(root, "hostile", "zz_valid"), hd.Case("v", hd.valid_meta_bytes(), hd.good_png(), ""))
-    entry = server.run({"s": {"class_type": "DragBenchSample", "inputs": {"folder": HOSTILE, "sample": "hostile/zz_valid"}},
-                        "n": {"class_type": "PreviewAny", "inputs": {"source": ["s", 4]}}})
+    entry = server.run(sample_name_prompt(HOSTILE, "hostile/zz_valid"))
     assert server.texts(entry, "n") == ["hostile/zz_valid"]

@@ -83,7 +83,8 @@ def test_results_layout_and_summary(bench_run):
     assert s["categories"]["animals"]["n_samples"] == 2 and s["categories"]["art_work"]["n_points"] == 1
     failed = {f["sample"]: f for f in s["failed"]}
     assert len(failed) == 1 + len(hd.CASES) and all(f["kind"] == "data" for f in s["failed"])
-    assert failed["/".join(UNSAFE)]["error"].startswith("read: ") and "posix.system" in failed["/".join(UNSAFE)]["error"]
+    unsafe = failed["/".join(UNSAFE)]["error"]
+    assert unsafe.startswith("read: ") and "posix.system" in unsafe
     for case in hd.CASES:  # every hostile sample refused for its own file, named, briefly
         err = failed[f"hostile/{case.name}"]["error"]
         assert err.startswith(f"read: {root}/hostile/{case.name}/{case.file}: ") and case.expect in err.lower(), err
@@ -166,8 +167,8 @@ def test_cached_edit_is_timed_honestly_and_one_missing_metric_keeps_the_other(be
     img, meta = rn.load_sample(ref)
     src, mask = rn.upload_sample(server, ref, img, meta)  # what the runner uploads, and its edit prompt:
     wf, defaults, _ = rn.mw.load_workflow(rn.METHODS["fastdrag"])
-    values = {**defaults, "steps": 3, "image": src, "mask": mask, "points": meta.points_json(*img.size), "prompt": meta.prompt,
-              "checkpoint": server.ckpt_name, "output": f"dragbench/{cat}/{name}/dragged"}
+    values = {**defaults, "steps": 3, "image": src, "mask": mask, "points": meta.points_json(*img.size),
+              "prompt": meta.prompt, "checkpoint": server.ckpt_name, "output": f"dragbench/{cat}/{name}/dragged"}
     _, first, _ = rn.mw.run_edit(server, wf, values)
     weights = os.path.join(server.base, "torch_home", "hub", "checkpoints", ALEXNET_FILE)
     os.replace(weights, weights + ".away")
