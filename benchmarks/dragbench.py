@@ -613,6 +613,9 @@ def main(argv=None):
     except SystemExit as e:  # a setup check above (server, checkpoint, nodes, an old result)
         stop(run, chosen, done, len(samples), f"stopped: {e.code}")
         raise
+    except Exception as e:  # a bug: the summary still says what is missing, then the traceback
+        stop(run, chosen, done, len(samples), f"stopped by an internal error ({type(e).__name__}: {short(e, 160)})")
+        raise
     finally:
         if proc is not None:
             proc.cleanup()
