@@ -89,18 +89,44 @@ def check_clean_latent(latent, model, node: str = NODE) -> torch.Tensor:
     return samples
 
 
-def lora_file_path(save_name: str, node: str = NODE) -> str:
-    """Absolute path of ``save_name`` (".safetensors" appended if missing) inside the first ``loras``
-    folder; refuses names that leave it."""
+MAX_FILE_NAME_BYTES = 240  # a file system's 255, less the ".<pid>.tmp" the atomic write adds
+
+
+def _shown(save_name: str) -> str:
+    """``save_name`` for a message: repr, at most 60 characters."""
+    r = repr(save_name)
+    return r if len(r) <= 60 else r[:57] + "..."
+
+
+def lora_file_path(save_name: str, node: str = NODE) -> tuple[str, str]:
+    """(real path, name relative to the loras folder) of ``save_name`` (".safetensors" appended if
+    missing) inside the first ``loras`` folder, links resolved; every name that is not a plain
+    relative file name (absolute, '..', '.', empty parts, a trailing '/', control characters such as
+    NUL / newline / tab, parts over the file system's limit, a link or subfolder leading out of the
+    folder, an existing folder) is refused here, before any work."""
     name = save_name.strip()
-    if not name.endswith(".safetensors"):
-        name += ".safetensors"
-    base = os.path.abspath(folder_paths.get_folder_paths("loras")[0])
-    path = os.path.abspath(os.path.join(base, name))
-    if os.path.isabs(name.replace("\\", "/")) or os.path.commonpath([base, path]) != base or path == base:
-        raise ValueError(f"{node}: save_name {save_name!r} must be a file name inside the loras folder "
-                         "(subfolders allowed, no absolute path or '..')")
-    return path
+    rule = ("must be a file name inside the loras folder (subfolders allowed, no absolute path, '.' or '..', "
+            "no control characters)")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name) or name.endswith(("/", "\\")):
+        raise ValueError(f"{node}: save_name {_shown(save_name)} {rule}")
+    parts = name.replace("\\", "/").split("/")
+    if (os.path.isabs(name.replace("\\", "/")) or any(p in ("", ".", "..") for p in parts)
+            or parts[-1] == ".safetensors"):
+        raise ValueError(f"{node}: save_name {_shown(save_name)} {rule}")
+    if not parts[-1].endswith(".safetensors"):
+        parts[-1] += ".safetensors"
+    if any(len(p.encode("utf-8", "surrogatepass")) > MAX_FILE_NAME_BYTES for p in parts):
+        raise ValueError(f"{node}: save_name {_shown(save_name)} has a name part longer than "
+                         f"{MAX_FILE_NAME_BYTES} bytes (with \".safetensors\"); choose a shorter name")
+    base = os.path.realpath(folder_paths.get_folder_paths("loras")[0])
+    path = os.path.realpath(os.path.join(base, *parts))
+    if os.path.commonpath([base, path]) != base or path == base:
+        raise ValueError(f"{node}: save_name {_shown(save_name)} leads out of the loras folder (through a link); "
+                         "choose a name inside it")
+    rel = os.path.relpath(path, base).replace(os.sep, "/")
+    if os.path.isdir(path):
+        raise ValueError(f"{node}: loras/{rel} is a folder; choose another save_name")
+    return path, rel
 
 
 # -- the trainable model -----------------------------------------------------------------------------------
@@ -347,28 +373,35 @@ def train_identity_lora(model, positive, samples: torch.Tensor, settings: core.L
     return TrainedLora(state, len(state) // 3, sampler.log)
 
 
-def check_overwrite(path: str, node: str = NODE) -> None:
-    """Refuse to replace a file that this node did not write (its safetensors metadata says who did)."""
+def check_overwrite(path: str, overwrite: bool, node: str = NODE) -> None:
+    """Refuse an existing file unless ``overwrite`` is on, and even then one that this node did not
+    write (its safetensors metadata says who did: a guard against replacing a downloaded LoRA by
+    accident, not a proof)."""
     from safetensors import safe_open
 
-    if not os.path.exists(path):
+    if not os.path.lexists(path):
         return
+    rel = os.path.relpath(path, os.path.realpath(folder_paths.get_folder_paths("loras")[0])).replace(os.sep, "/")
     try:
         with safe_open(path, framework="pt") as f:
             owner = (f.metadata() or {}).get(FILE_TAG)
     except Exception:  # not a safetensors file at all
         owner = None
     if owner != NODE:
-        raise ValueError(f"{node}: {path} already exists and was not written by {NODE}; choose another "
-                         "save_name (existing LoRAs are never overwritten)")
+        raise ValueError(f"{node}: loras/{rel} already exists and was not written by {NODE}; choose another "
+                         "save_name (other files are never overwritten)")
+    if not overwrite:
+        raise ValueError(f"{node}: loras/{rel} already exists (an earlier {NODE} run wrote it); turn on overwrite "
+                         "to replace it, or choose another save_name")
 
 
 def save_lora_file(path: str, trained: TrainedLora, settings: core.LoraTrainSettings, latent_shape,
-                   node: str = NODE) -> None:
-    """Write the LoRA (float32 safetensors, metadata), atomically; overwrite only files this node wrote."""
+                   node: str = NODE, overwrite: bool = False) -> None:
+    """Write the LoRA (float32 safetensors, metadata), atomically; an existing file only when
+    ``overwrite`` is on and this node wrote it (see :func:`check_overwrite`)."""
     from safetensors.torch import save_file
 
-    check_overwrite(path, node)
+    check_overwrite(path, overwrite, node)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     log_ = trained.log
     meta = {
@@ -443,7 +476,11 @@ class DragDiffusionLoRA(io.ComfyNode):
                 io.String.Input("save_name", default="", optional=True,
                                 tooltip="Empty = don't save. Otherwise the file name (\".safetensors\" added) "
                                         "written into ComfyUI's loras folder, loadable with LoraLoaderModelOnly "
-                                        "at strength 1. Only files written by this node are overwritten."),
+                                        "at strength 1. An existing file is replaced only with overwrite on."),
+                io.Boolean.Input("overwrite", default=False, optional=True,
+                                 tooltip="Replace an existing save_name file that this node wrote earlier. Off: "
+                                         "an existing file stops the node before training. Files this node did "
+                                         "not write are never replaced."),
             ],
             outputs=[
                 io.Model.Output("model", display_name="model",
@@ -453,7 +490,7 @@ class DragDiffusionLoRA(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, latent, steps, learning_rate, rank, batch_size, seed,
-                save_name="") -> io.NodeOutput:
+                save_name="", overwrite=False) -> io.NodeOutput:
         try:
             settings = core.LoraTrainSettings(steps=int(steps), learning_rate=float(learning_rate), rank=int(rank),
                                               batch_size=int(batch_size), seed=int(seed))
@@ -464,12 +501,12 @@ class DragDiffusionLoRA(io.ComfyNode):
         samples = check_clean_latent(latent, model)
         if not positive:
             raise ValueError(f"{NODE}: positive conditioning is empty; connect a CLIPTextEncode of the prompt")
-        path = lora_file_path(save_name) if save_name else None
+        path, rel = lora_file_path(save_name) if save_name else (None, None)
         if path is not None:
-            check_overwrite(path)
+            check_overwrite(path, bool(overwrite))
         if settings.steps == 0:
             if path is not None:
-                raise ValueError(f"{NODE}: steps is 0 (no LoRA) but save_name is {save_name!r}: there is "
+                raise ValueError(f"{NODE}: steps is 0 (no LoRA) but save_name is {_shown(save_name)}: there is "
                                  "nothing to save; set steps > 0 or clear save_name")
             return io.NodeOutput(model, ui=ui.PreviewText("steps = 0: no LoRA, model passed through"))
         t0 = time.perf_counter()
@@ -477,8 +514,8 @@ class DragDiffusionLoRA(io.ComfyNode):
         seconds = time.perf_counter() - t0
         msg = summary(trained, settings, seconds)
         if path is not None:
-            save_lora_file(path, trained, settings, samples.shape)
-            msg += f"; saved to {os.path.relpath(path, folder_paths.get_folder_paths('loras')[0])} (loras)"
+            save_lora_file(path, trained, settings, samples.shape, overwrite=bool(overwrite))
+            msg += f"; saved to {rel} (loras)"
         log.info("[FastDrag] %s: %s", NODE, msg)
         out, _ = comfy.sd.load_lora_for_models(model, None, trained.state_dict, 1.0, 0)
         return io.NodeOutput(out, ui=ui.PreviewText(msg))

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import torch
 from comfy_api.latest import io, ui
-from PIL import Image, ImageOps
+from PIL import Image
 
 import folder_paths
 
@@ -17,26 +17,37 @@ from ..fastdrag_core.dragbench_sheet import draw_drags
 NODE = "DragBenchSample"
 
 
-def dragbench_root(folder: str, node: str = NODE) -> str:
-    """``folder`` (relative to ComfyUI's input folder) as a path; never outside the input folder."""
-    rel = os.path.normpath(str(folder).strip() or ".")
+def dragbench_root(folder: str, node: str = NODE) -> tuple[str, str]:
+    """(path, shown name) of ``folder`` inside ComfyUI's input folder; never outside it, links
+    included. Messages name it relative to the input folder, never by its server path."""
+    text = str(folder).strip()
+    if "\0" in text or len(text) > 1024:
+        raise ValueError(f"{node}: folder must be a folder name inside ComfyUI's input folder, e.g. 'DragBench'")
+    rel = os.path.normpath(text or ".")
     if os.path.isabs(rel) or rel == ".." or rel.startswith(".." + os.sep):
-        raise ValueError(f"{node}: folder {folder!r} must be a path inside ComfyUI's input folder "
-                         f"({folder_paths.get_input_directory()}), e.g. 'DragBench'")
-    return os.path.join(folder_paths.get_input_directory(), rel)
+        raise ValueError(f"{node}: folder {text[:80]!r} must be a path inside ComfyUI's input folder, e.g. "
+                         "'DragBench'")
+    return os.path.join(folder_paths.get_input_directory(), rel), rel.replace(os.sep, "/")
+
+
+def list_samples(folder: str, node: str = NODE) -> list:
+    """The samples of ``folder`` (see :func:`dragbench_root`); errors name the node."""
+    root, shown = dragbench_root(folder, node)
+    try:
+        return db.list_samples(root, shown=shown, within=folder_paths.get_input_directory())
+    except db.DragBenchError as e:
+        raise ValueError(f"{node}: {e} (inside ComfyUI's input folder)") from None
 
 
 def load_sample(folder: str, sample: str, node: str = NODE):
-    """(SampleRef, RGB uint8 array, DragBenchMeta), validated; errors name the node and the file."""
+    """(SampleRef, RGB uint8 array, DragBenchMeta), validated; errors name the node and the file
+    (relative to ComfyUI's input folder)."""
     try:
-        ref = db.find_sample(db.list_samples(dragbench_root(folder, node)), sample)
-        meta = db.read_meta(ref.meta_path)
-        with Image.open(ref.image_path) as im:
-            rgb = np.asarray(ImageOps.exif_transpose(im).convert("RGB")).copy()
-        db.check_sample(meta, rgb.shape[1], rgb.shape[0], ref.meta_path)
-    except (db.DragBenchError, db.UnsafePickleError, OSError) as e:
+        ref = db.find_sample(list_samples(folder, node), sample)
+        img, meta = db.load_sample(ref, within=folder_paths.get_input_directory())
+    except (db.DragBenchError, db.UnsafePickleError) as e:
         raise ValueError(f"{node}: {e}") from None
-    return ref, rgb, meta
+    return ref, np.asarray(img).copy(), meta
 
 
 class DragBenchSample(io.ComfyNode):
@@ -69,7 +80,7 @@ class DragBenchSample(io.ComfyNode):
     @classmethod
     def fingerprint_inputs(cls, folder, sample):
         try:
-            ref = db.find_sample(db.list_samples(dragbench_root(folder)), sample)
+            ref = db.find_sample(list_samples(folder), sample)
             return tuple((p, os.path.getmtime(p)) for p in (ref.meta_path, ref.image_path) if os.path.exists(p))
         except (ValueError, OSError):
             return float("nan")

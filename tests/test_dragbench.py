@@ -176,9 +176,36 @@ def test_summary_hand_worked():
     assert list(s["categories"]) == ["art_work", "animals"]  # official order
     assert s["categories"]["animals"]["md"] == pytest.approx(4.0)
     assert s["categories"]["art_work"]["seconds_per_image"] is None
-    assert s["failed"] == [{"sample": "art_work/x", "error": "unsafe"}] and s["run"] == {"method": "fastdrag"}
+    assert s["failed"] == [{"sample": "art_work/x", "error": "unsafe", "kind": "data"}]
+    assert s["run"] == {"method": "fastdrag"} and s["complete"] and s["not_run"] == s["missing_metrics"] == []
     table = db.summary_table(s)
-    assert "overall" in table and "3.00" in table and "art_work/x: unsafe" in table
+    assert "overall" in table and "3.00" in table and "art_work/x (data): unsafe" in table
     md = db.summary_markdown(s, {"animals": "contact_sheets/animals.png"})
     assert "| **overall** | **3** | **4** | **3.00** |" in md and "contact_sheets/animals.png" in md
     json.dumps(s)  # serialisable
+
+
+def test_summary_one_missing_metric_keeps_the_others():
+    """A sample without IF (no LPIPS weights) still counts for MD and time, and the summary says so."""
+    recs = [{"category": "animals", "sample": "animals/a", "distances": [2.0, 4.0], "if": None, "seconds": 3.0,
+             "n_points": 2, "missing": {"if": "no AlexNet weights"}},
+            {"category": "animals", "sample": "animals/b", "distances": None, "if": 0.5, "seconds": 1.0,
+             "n_points": 1, "missing": {"md": "DIFT failed"}},
+            {"category": "animals", "sample": "animals/c", "distances": [6.0], "if": 0.7, "seconds": None,
+             "n_points": 1}]
+    s = db.summarize(recs, [{"sample": "animals/x", "error": "server gone", "kind": "server"}],
+                     not_run=[{"sample": "animals/y", "reason": "the server stopped answering"}])
+    o = s["overall"]
+    assert o["md"] == pytest.approx(12 / 3) and o["n_md"] == 2      # points of a and c
+    assert o["if"] == pytest.approx(0.6) and o["n_if"] == 2          # images b and c
+    assert o["seconds_per_image"] == pytest.approx(2.0) and o["seconds_per_point"] == pytest.approx(4.0 / 3)
+    assert o["n_samples"] == 3 and o["n_points"] == 4
+    assert s["missing_metrics"] == [{"sample": "animals/a", "metric": "if", "reason": "no AlexNet weights"},
+                                    {"sample": "animals/b", "metric": "md", "reason": "DIFT failed"}]
+    assert not s["complete"]
+    table = db.summary_table(s)
+    assert "animals/a: no IF (no AlexNet weights)" in table and "INCOMPLETE" in table
+    assert "animals/y: the server stopped answering" in table and "animals/x (server): server gone" in table
+    assert "INCOMPLETE" in db.summary_markdown(s)
+    only_data = db.summarize(recs[2:], [{"sample": "animals/x", "error": "unsafe", "kind": "data"}])
+    assert only_data["complete"]

@@ -270,3 +270,75 @@ def test_node_schemas(server):
                 assert opts.get("tooltip"), f"{node_id}.{inp} has no tooltip"
         assert all(spec["output_tooltips"]), node_id
     assert server.get("/object_info/DragMeanDistance")["DragMeanDistance"]["output_node"] is True
+
+
+# ---------------------------------------------------------------------------------- hostile files
+HOSTILE = "hostile_bench"
+
+
+def sample_name_prompt(folder, sample):
+    return {"s": {"class_type": "DragBenchSample", "inputs": {"folder": folder, "sample": sample}},
+            "n": {"class_type": "PreviewAny", "inputs": {"source": ["s", 4]}}}
+
+
+def _vm(pid, key):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024  # MiB
+    return float("nan")
+
+
+def test_sample_loader_refuses_the_hostile_corpus(server, tmp_path):
+    """Every file of the hostile corpus (tests/hostile_dragbench.py) and every link out of the input
+    folder, through DragBenchSample in the real server: one clear ValueError naming the node and the
+    file relative to the input folder, short, no server path; the server lives on, its peak memory
+    barely moves, and a valid sample still loads."""
+    from tests import hostile_dragbench as hd
+
+    root = os.path.join(server.base, "input", HOSTILE)
+    cases = hd.write_corpus(root)
+    expected = {f"hostile/{c.name}": (f"{HOSTILE}/hostile/{c.name}/{c.file}", c.expect) for c in cases}
+    # links out of the input folder: a sample folder, its image, its metadata, a category, the root
+    outside = tmp_path / "outside"
+    hd.write_case(str(outside / "s"), hd.Case("s", hd.valid_meta_bytes(), hd.good_png(), ""))
+    links = os.path.join(root, "links")
+    os.makedirs(os.path.join(links, "image"))
+    os.makedirs(os.path.join(links, "meta"))
+    os.symlink(outside / "s", os.path.join(links, "folder"))
+    os.symlink(outside / "s" / "original_image.png", os.path.join(links, "image", "original_image.png"))
+    with open(os.path.join(links, "image", "meta_data.pkl"), "wb") as f:
+        f.write(hd.valid_meta_bytes())
+    os.symlink(outside / "s" / "meta_data.pkl", os.path.join(links, "meta", "meta_data.pkl"))
+    with open(os.path.join(links, "meta", "original_image.png"), "wb") as f:
+        f.write(hd.good_png())
+    os.symlink(outside, os.path.join(root, "linked_category"))
+    os.symlink(outside, os.path.join(server.base, "input", "linked_bench"))
+    for name, file in (("folder", ""), ("image", "/original_image.png"), ("meta", "/meta_data.pkl")):
+        expected[f"links/{name}"] = (f"{HOSTILE}/links/{name}{file}", "is a link to a file outside")
+    expected["linked_category/s"] = (None, "no sample 'linked_category/s'")
+    expected[("linked_bench", "0")] = ("linked_bench", "is a link to a folder outside")
+
+    hwm_before = _vm(server.proc.pid, "VmHWM")
+    pids = {}
+    for key in expected:  # all queued at once: one round of execution, no per-prompt wait
+        folder, sample = key if isinstance(key, tuple) else (HOSTILE, key)
+        pids[key] = server.submit(sample_name_prompt(folder, sample))
+    bad = []
+    for key, pid in pids.items():
+        entry = server.wait(pid, timeout=120, raise_errors=False)
+        errs = [d for kind, d in entry["status"]["messages"] if kind == "execution_error"]
+        shown, expect = expected[key]
+        msg = errs[0]["exception_message"] if errs else ""
+        head = f"DragBenchSample: {shown}: " if shown else "DragBenchSample: "
+        if (not errs or errs[0]["node_type"] != "DragBenchSample" or errs[0]["exception_type"] != "ValueError"
+                or not msg.startswith(head) or expect not in msg.lower() or len(msg) > 450 or server.base in msg
+                or len(json.dumps(entry)) > 20000):
+            bad.append((key, errs[0]["exception_type"] if errs else None, msg[:300]))
+    assert not bad, "\n".join(map(str, bad))
+    assert server.proc.poll() is None
+    grew = _vm(server.proc.pid, "VmHWM") - hwm_before
+    assert grew < 400, f"the server's peak memory grew by {grew:.0f} MiB on {len(pids)} hostile samples"
+    hd.write_case(os.path.join(root, "hostile", "zz_valid"), hd.Case("v", hd.valid_meta_bytes(), hd.good_png(), ""))
+    entry = server.run(sample_name_prompt(HOSTILE, "hostile/zz_valid"))
+    assert server.texts(entry, "n") == ["hostile/zz_valid"]
