@@ -318,6 +318,32 @@ def test_edit_expands_into_the_stage_graph(dd_run):
     assert out["edit"]["image"].shape == (1, SIZE, SIZE, 3)
 
 
+def check_edit_summary_stages(entry, edit_id):
+    """DragDiffusionEdit shows one summary line per stage on the canvas (issue 14.3): its expanded stage
+    nodes' texts (delivered to it as their display node) are sorted into exactly the stages LoRA,
+    inversion, drag, sampling by the front end's own classifier (web/js/fastdrag_stages.js, run in node)."""
+    import json
+    import shutil
+    import subprocess
+
+    texts = [t for nid, out in entry["outputs"].items()
+             if entry.get("meta", {}).get(nid, {}).get("display_node") == edit_id for t in out.get("text", [])]
+    node = shutil.which("node")
+    if node is None:
+        from comfy_server import skip_or_fail
+        skip_or_fail("node is not installed (the summary-stage check runs the front end's classifier)")
+    stages = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                          "web", "js", "fastdrag_stages.js")
+    script = (f"import {{ stageOf }} from {json.dumps('file://' + stages)};"
+              "const texts = JSON.parse(require('fs').readFileSync(0, 'utf8'));"
+              "console.log(JSON.stringify(texts.map(stageOf)));")
+    script = script.replace("require('fs')", "(await import('node:fs')).default")
+    out = subprocess.run([node, "--input-type=module", "-e", script], input=json.dumps(texts),
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert sorted(json.loads(out.stdout)) == ["dragged", "inverted", "lora", "sampled"], (texts, out.stdout)
+
+
 def test_edit_with_lora_and_redrag_from_the_cache(server, outdir):
     """DragDiffusionEdit with the identity LoRA differs from the edit without it. A re-drag (only the points
     change) takes the LoRA and both inversions from ComfyUI's cache: no LoRA training, no inversion, two
@@ -333,7 +359,9 @@ def test_edit_with_lora_and_redrag_from_the_cache(server, outdir):
     for drag in (DRAG, [((20, 22), (30, 36))]):
         p["pts"] = points_node(points_json(drag, SIZE, SIZE))
         before = len(server.log_text())
-        server.run(p)
+        entry = server.run(p)
+        if not runs:
+            check_edit_summary_stages(entry, "edit")
         log = server.log_text()[before:]
         runs.append(({k: log.count(f"[FastDrag] {k}") for k in
                       ("DragDiffusionLoRA: rank-4 LoRA", "FastDragInvert: inverted", "DragDiffusionDrag: t=601",

@@ -1,11 +1,16 @@
-// Shows the text summaries of FastDragInvert ("inverted to t=... K/V ...") and FastDragSample
-// ("sampled ... N hits ...") on the node that ran them. FastDragEdit expands into those stage nodes:
-// ComfyUI delivers their outputs to FastDragEdit (the "display node" of its expanded sub-nodes), so
-// FastDragEdit shows both lines of its own run, instead of them staying on hidden sub-node ids.
+// Shows what each stage did on the node that ran it: FastDragInvert ("inverted to t=... K/V ..."),
+// FastDragSample ("sampled ... N hits ..."), DragDiffusionLoRA (rank, steps, loss), DragDiffusionDrag
+// (iterations, handles, time per iteration), DragDiffusionSample (controlled attention calls).
+// FastDragEdit and DragDiffusionEdit expand into stage nodes: ComfyUI delivers the stages' outputs to
+// the Edit node (the "display node" of its expanded sub-nodes), so it shows one line per stage of its
+// own run, in pipeline order, instead of them staying on hidden sub-node ids.
+
+import { stageOf, stageRank } from "./fastdrag_stages.js";
 
 const { app } = window.comfyAPI.app;
 
-const NODES = ["FastDragEdit", "FastDragInvert", "FastDragSample"];
+const NODES = ["FastDragEdit", "FastDragInvert", "FastDragSample",
+  "DragDiffusionEdit", "DragDiffusionLoRA", "DragDiffusionDrag", "DragDiffusionSample"];
 const WIDGET = "fastdrag_summary";
 // Per-widget serial in the name: the "Nodes 2.0" renderer mounts a DOM widget's element only when its
 // row (keyed by index and name) is mounted, and graph undo re-creates the node under the same id; a
@@ -50,10 +55,9 @@ function summaryWidget(node) {
   return { el, widget, lines: new Map() };
 }
 
-/** One line per stage, in pipeline order: inversion first, then sampling. */
+/** One line per stage, in pipeline order (LoRA, inversion, drag, sampling). */
 function render(summary) {
-  const order = (k) => (k === "inverted" ? 0 : k === "sampled" ? 1 : 2);
-  const keys = [...summary.lines.keys()].sort((a, b) => order(a) - order(b));
+  const keys = [...summary.lines.keys()].sort((a, b) => stageRank(a) - stageRank(b));
   summary.el.textContent = keys.map((k) => summary.lines.get(k)).join("\n");
 }
 
@@ -83,7 +87,7 @@ if (!window[LOADED]) {
         const texts = message?.text;
         const s = this.fastdragSummary;
         if (s && Array.isArray(texts) && texts.length) {
-          for (const t of texts) s.lines.set(String(t).split(" ", 1)[0], String(t));
+          for (const t of texts) s.lines.set(stageOf(String(t)), String(t));
           render(s);
           fit(this);
         }
