@@ -13,6 +13,7 @@ from comfy_api.latest import io
 
 from comfy_execution.graph_utils import GraphBuilder
 
+from ..fastdrag_core.dit_kv import DEFAULT_KEEP as DIT_DEFAULT_KEEP, KEEP_OPTIONS as DIT_KEEP_OPTIONS
 from .types import FastDragDrag
 from .bnni import FILL_OPTIONS
 
@@ -56,6 +57,8 @@ class FastDragEdit(io.ComfyNode):
                                          "sampling (FastDrag's consistency-preserving strategy)."),
                 io.Combo.Input("kv_device", options=["auto", "cpu"], default="auto", optional=True,
                                tooltip="Where the captured K/V live (see FastDragInvert)."),
+                io.Combo.Input("dit_kv", options=list(DIT_KEEP_OPTIONS), default=DIT_DEFAULT_KEEP, optional=True,
+                               tooltip="Flux / SD3: which joint-attention K/V are kept (see FastDragInvert)."),
             ],
             outputs=[
                 io.Image.Output("image", display_name="image", tooltip="The dragged image."),
@@ -65,12 +68,12 @@ class FastDragEdit(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, vae, positive, image, drag, steps, strength, cfg, negative=None, fill="bnni",
-                handle_on_cell="paper", consistency=True, kv_device="auto") -> io.NodeOutput:
+                handle_on_cell="paper", consistency=True, kv_device="auto", dit_kv=DIT_DEFAULT_KEEP) -> io.NodeOutput:
         g = GraphBuilder()
         neg = {} if negative is None else {"negative": negative}
         enc = g.node("VAEEncode", pixels=image, vae=vae)
         inv = g.node("FastDragInvert", model=model, positive=positive, latent=enc.out(0), steps=steps,
-                     strength=strength, cfg=cfg, kv_device=kv_device, **neg)
+                     strength=strength, cfg=cfg, kv_device=kv_device, dit_kv=dit_kv, **neg)
         warp = g.node("FastDragWarp", latent=inv.out(0), drag=drag, handle_on_cell=handle_on_cell)
         filled = g.node("FastDragBNNI", latent=warp.out(0), null_mask=warp.out(1), fill=fill)
         samp = g.node("FastDragSample", model=model, positive=positive, latent=filled.out(0), kv=inv.out(1),

@@ -252,3 +252,7 @@ NODE_CLASS_MAPPINGS.update(_DRAGBENCH_REF_NODES)
 from .dragdiffusion_ref import NODE_CLASS_MAPPINGS as _DD_NODES  # noqa: E402
 
 NODE_CLASS_MAPPINGS.update(_DD_NODES)
+
+from .flow_ref import NODE_CLASS_MAPPINGS as _FLOW_NODES  # noqa: E402  (Flux / SD3 references)
+
+NODE_CLASS_MAPPINGS.update(_FLOW_NODES)
