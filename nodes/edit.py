@@ -31,7 +31,8 @@ class FastDragEdit(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", raw_link=True,
                                tooltip="An SD1.x, SD2.x or SDXL-family model, eps or v-prediction (official: "
-                                       "LCM-Dreamshaper v7 UNet as a plain eps model); LoRA and other patches apply."),
+                                       "LCM-Dreamshaper v7 UNet as a plain eps model), or Flux.1 / SD3.x; LoRA "
+                                       "and other patches apply."),
                 io.Vae.Input("vae", raw_link=True, tooltip="The VAE that encodes and decodes the image."),
                 io.Conditioning.Input("positive", raw_link=True,
                                       tooltip="Prompt conditioning (the image prompt or the empty prompt)."),

@@ -89,8 +89,9 @@ class FastDragInvert(io.ComfyNode):
                         "of every decoder self-attention layer at every step for FastDragSample.",
             inputs=[
                 io.Model.Input("model", tooltip="An SD1.x, SD2.x or SDXL-family model (eps or v-prediction; "
-                                                "LCM sampling runs as plain eps, as officially). LoRAs and "
-                                                "other model patches apply."),
+                                                "LCM sampling runs as plain eps, as officially), or Flux.1 / "
+                                                "SD3.x (flow ODE on the model's own shift, joint-attention K/V; "
+                                                "docs/flux-sd3.md). LoRAs and other model patches apply."),
                 io.Conditioning.Input("positive", tooltip="Prompt conditioning (FastDrag's default is the "
                                                           "image prompt or the empty prompt)."),
                 io.Latent.Input("latent", tooltip="The clean latent of the image (VAEEncode)."),
@@ -107,12 +108,12 @@ class FastDragInvert(io.ComfyNode):
                 io.Combo.Input("kv_device", options=["auto", "cpu"], default="auto", optional=True,
                                tooltip="Where the captured K/V live: auto = the compute device (fastest), "
                                        "cpu = system memory (saves GPU memory, slower sampling)."),
-                io.Combo.Input("dit_kv", options=list(DIT_KEEP_OPTIONS), default=DIT_DEFAULT_KEEP, optional=True,
-                               tooltip=DIT_KEEP_TOOLTIP),
                 io.Boolean.Input("capture_kv", default=True, optional=True,
                                  tooltip="Capture decoder K/V for FastDragSample (on by default). Off = invert "
                                          "only, returning an empty kv (DragDiffusion does not use it; saves "
                                          "~1 GB at 512x512, 35 steps)."),
+                io.Combo.Input("dit_kv", options=list(DIT_KEEP_OPTIONS), default=DIT_DEFAULT_KEEP, optional=True,
+                               tooltip=DIT_KEEP_TOOLTIP),
             ],
             outputs=[
                 io.Latent.Output("latent", display_name="latent",

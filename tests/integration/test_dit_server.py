@@ -20,7 +20,7 @@ import re
 import pytest
 import torch
 
-from comfy_server import pattern_png
+from comfy_server import PromptError, pattern_png
 from graphs import points_json, points_node, save_node
 
 IMAGE = "fastdrag_dit64.png"  # 64x64: 8x8 latent, 16 image tokens
@@ -177,3 +177,39 @@ def test_drag_moves_the_handle_cell_to_the_target(dit_server, tmp_path):
     hx, hy, tx, ty = 20 // 8, 28 // 8, 36 // 8, 28 // 8  # latent cells (2, 3) -> (4, 3): 8 px per cell
     assert torch.equal(warp[0, :, ty, tx], inv[0, :, hy, hx])
     assert not torch.equal(warp, inv)
+
+
+def tiny_sd3(server):
+    return {"class_type": "UNETLoader", "inputs": {"unet_name": server.add_diffusion_model("tiny_sd3"),
+                                                   "weight_dtype": "default"}}
+
+
+def test_cfg_above_1_captures_and_injects_both_chunks(dit_server, tmp_path):
+    """cfg 3 with a negative: K/V per cond and uncond chunk (kept layers x steps x 2), all injected."""
+    server = dit_server
+    p = front(server, tiny_sd3(server), False)
+    p["neg"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["ckpt", 1]}}
+    p["inv"] = invert(cfg=3.0, negative=["neg", 0])
+    p["smp"] = sample(("inv", 0), ("inv", 1))
+    p["smp"]["inputs"].update(cfg=3.0, negative=["neg", 0])
+    p["save"] = save_node(str(tmp_path / "inv.pt"), kv=("inv", 1))
+    entry = server.run(p)
+    keys = load(str(tmp_path / "inv.pt"))["kv_keys"]
+    kept = [("double_block", 1)]  # the last third of 2 joint blocks
+    assert sorted(keys) == sorted((layer, s, c) for layer in kept for s in range(1, K + 1) for c in (0, 1))
+    assert injection_counts(server, entry, "smp") == (len(kept) * K * 2, 0, 0)
+
+
+def test_kv_of_another_model_family_is_refused(dit_server):
+    """K/V captured on the SD1.5 UNet (4-channel latent), given to FastDragSample on SD3: refused by name."""
+    server = dit_server
+    p = front(server, tiny_sd3(server), False)
+    p["ckpt_enc"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["img", 0], "vae": ["ckpt", 2]}}
+    p["inv_sd"] = {"class_type": "FastDragInvert", "inputs": {"model": ["ckpt", 0], "positive": ["text", 0],
+                                                              "latent": ["ckpt_enc", 0], "steps": STEPS,
+                                                              "strength": STRENGTH, "cfg": 1.0}}
+    p["inv"] = invert()
+    p["smp"] = sample(("inv", 0), ("inv_sd", 1))
+    with pytest.raises(PromptError) as e:
+        server.run(p)
+    assert e.value.node_type == "FastDragSample" and "kv was captured on a [1, 4, 8, 8] latent" in e.value.message, e.value
