@@ -192,7 +192,7 @@ def test_cfg_above_1_captures_and_injects_both_chunks(dit_server, tmp_path):
     p["inv"] = invert(cfg=3.0, negative=["neg", 0])
     p["smp"] = sample(("inv", 0), ("inv", 1))
     p["smp"]["inputs"].update(cfg=3.0, negative=["neg", 0])
-    p["save"] = save_node(str(tmp_path / "inv.pt"), kv=("inv", 1))
+    p["save"] = save_node(str(tmp_path / "inv.pt"), kv=("inv", 1), latent=("smp", 0))
     entry = server.run(p)
     keys = load(str(tmp_path / "inv.pt"))["kv_keys"]
     kept = [("double_block", 1)]  # the last third of 2 joint blocks
@@ -210,6 +210,29 @@ def test_kv_of_another_model_family_is_refused(dit_server):
                                                               "strength": STRENGTH, "cfg": 1.0}}
     p["inv"] = invert()
     p["smp"] = sample(("inv", 0), ("inv_sd", 1))
+    p["save"] = save_node("/nonexistent/never_written.pt", latent=("smp", 0))
     with pytest.raises(PromptError) as e:
         server.run(p)
     assert e.value.node_type == "FastDragSample" and "kv was captured on a [1, 4, 8, 8] latent" in e.value.message, e.value
+
+
+def test_other_packs_dit_hooks_are_chained(dit_server, tmp_path):
+    """Another pack's pass-through DiT block replaces and attention override on the model: FastDrag chains
+    them (every block and attention call of the 2 + 2 model calls reaches them), captures and injects as
+    without them, and the result is the same."""
+    server = dit_server
+    p = front(server, tiny_sd3(server), False)
+    p["other"] = {"class_type": "FastDragTestDiTPatches", "inputs": {"model": ["model", 0], "tag": "chain"}}
+    for prefix, model in (("a", "model"), ("b", "other")):
+        p[prefix + "inv"] = invert()
+        p[prefix + "inv"]["inputs"]["model"] = [model, 0]
+        p[prefix + "smp"] = sample((prefix + "inv", 0), (prefix + "inv", 1))
+        p[prefix + "smp"]["inputs"]["model"] = [model, 0]
+        p[prefix + "save"] = save_node(str(tmp_path / f"{prefix}.pt"), latent=(prefix + "smp", 0))
+    p["report"] = {"class_type": "FastDragTestDiTReport", "inputs": {"latent": ["bsmp", 0], "tag": "chain",
+                                                                     "path": str(tmp_path / "calls.pt")}}
+    entry = server.run(p)
+    calls = load(str(tmp_path / "calls.pt"))
+    assert calls == {"blocks": 2 * 2 * K, "attention": 2 * 2 * K}  # 2 joint blocks x (K inversion + K sampling)
+    assert torch.equal(load(str(tmp_path / "a.pt"))["latent"], load(str(tmp_path / "b.pt"))["latent"])
+    assert injection_counts(server, entry, "bsmp") == (K, 0, 0)

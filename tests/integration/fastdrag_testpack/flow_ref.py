@@ -223,5 +223,58 @@ class FastDragTestMakeVAE16:
         return {"ui": {"text": [path]}}
 
 
-NODE_CLASS_MAPPINGS = {"FastDragTestNarrowFlux": FastDragTestNarrowFlux, "FastDragTestRefFlow": FastDragTestRefFlow,
+# Calls counted by FastDragTestDiTPatches, by tag (module-level on purpose, test pack only: ModelPatcher.clone
+# copies patch objects, and the report node must read what every copy counted).
+DIT_CALLS = {}
+
+
+class FastDragTestDiTPatches:
+    """Another pack's DiT hooks: a pass-through block replace on every joint / double block and a
+    pass-through ``optimized_attention_override``, each counting its calls under ``tag``."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL",), "tag": ("STRING", {"default": "t"})}}
+
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "run"
+    CATEGORY = "FastDragTest"
+
+    def run(self, model, tag):
+        rec = DIT_CALLS.setdefault(tag, {"blocks": 0, "attention": 0})
+
+        def block(args, extra):
+            rec["blocks"] += 1
+            return extra["original_block"](args)
+
+        def override(func, *args, **kwargs):
+            rec["attention"] += 1
+            return func(*args, **kwargs)
+
+        m = model.clone()
+        dm = m.get_model_object("diffusion_model")
+        n = len(dm.joint_blocks) if hasattr(dm, "joint_blocks") else len(dm.double_blocks)
+        for i in range(n):
+            m.set_model_patch_replace(block, "dit", "double_block", i)
+        m.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = override
+        return (m,)
+
+
+class FastDragTestDiTReport:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"latent": ("LATENT",), "tag": ("STRING", {"default": "t"}),
+                             "path": ("STRING", {"default": ""})}}
+
+    RETURN_TYPES = ()
+    FUNCTION = "run"
+    OUTPUT_NODE = True
+    CATEGORY = "FastDragTest"
+
+    def run(self, latent, tag, path):
+        return _save(path, dict(DIT_CALLS.get(tag, {})))
+
+
+NODE_CLASS_MAPPINGS = {"FastDragTestDiTPatches": FastDragTestDiTPatches, "FastDragTestDiTReport": FastDragTestDiTReport,
+                       "FastDragTestNarrowFlux": FastDragTestNarrowFlux, "FastDragTestRefFlow": FastDragTestRefFlow,
                        "FastDragTestMakeVAE16": FastDragTestMakeVAE16}
