@@ -82,6 +82,8 @@ def timings(args):
             "unet_name": srv.add_diffusion_model("tiny_sd3"), "weight_dtype": "default"}}, False, 128),
                   "narrow Flux.1 (2+2 blocks, width 256)": ({"class_type": "FastDragTestNarrowFlux", "inputs": {
                       "seed": 0, "depth": 2, "depth_single": 2}}, True, 256)}
+        models = {key: v for key, v in models.items() if key.split()[0] + " " + key.split()[1] in args.models
+                  or key.split()[0] in args.models}
         if args.tiny_flux:
             models["tiny_flux (1+1 blocks, width 3072, 535M)"] = ({"class_type": "UNETLoader", "inputs": {
                 "unet_name": srv.add_diffusion_model("tiny_flux"), "weight_dtype": "default"}}, True, 3072)
@@ -111,7 +113,7 @@ def timings(args):
                 p = front(f"run {i}")
                 p["enc"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["img", 0], "vae": ["vae", 0]}}
                 p["ks"] = {"class_type": "KSampler", "inputs": {
-                    "model": ["model", 0], "seed": i, "steps": 2 * k, "cfg": 1.0, "sampler_name": "euler",
+                    "model": ["model", 0], "seed": i + 1, "steps": 2 * k, "cfg": 1.0, "sampler_name": "euler",
                     "scheduler": "simple", "positive": ["pos", 0], "negative": ["pos", 0], "latent_image": ["enc", 0],
                     "denoise": args.strength}}
                 p["dec"] = {"class_type": "VAEDecode", "inputs": {"samples": ["ks", 0], "vae": ["vae", 0]}}
@@ -147,7 +149,8 @@ def timings(args):
             for i in range(args.runs):
                 entry = srv.run(edit(i))
                 t_edit.append(exec_seconds(entry))
-                kv_text = " ".join(srv.texts(entry, "edit")) or kv_text
+                kv_text = " ".join(str(t) for out in entry.get("outputs", {}).values() for t in out.get("text", [])) \
+                    or kv_text
                 t_i2i.append(exec_seconds(srv.run(img2img(i))))
             e, s = statistics.median(t_edit), statistics.median(t_i2i)
             m = re.search(r"(\d[\d.]*) (B|KiB|MiB|GiB) float16", kv_text)
@@ -167,8 +170,10 @@ def main():
     ap.add_argument("--time", action="store_true", help="also time edit vs img2img in the real server")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--tiny-flux", action="store_true", help="also time the 535M-parameter tiny_flux (slow)")
+    ap.add_argument("--models", default="tiny SD3,narrow Flux.1", help="which small models to time (comma list: "
+                    "'tiny SD3', 'narrow Flux.1'; empty = none)")
     args = ap.parse_args()
-    memory_table(args.size or 1024, args.steps, args.strength)
+    memory_table(1024, args.steps, args.strength)
     if args.time:
         args.size = args.size or 128
         timings(args)
