@@ -153,6 +153,23 @@ def tiny_checkpoint(root: str, py: str, kind: str = "sd15") -> str:
     return path
 
 
+def tiny_dit(root: str, py: str, name: str) -> str:
+    """Path of the comfy-harness's tiny random DiT ``name`` (``tiny_sd3`` or ``tiny_flux``, for UNETLoader):
+    the harness's copy if it made one, else built once into ``~/.cache/comfyui-fastdrag`` with its
+    ``make_tiny_dit.py`` (which writes both)."""
+    for folder in (CACHE, os.path.join(os.path.dirname(os.path.abspath(root)), "models", "diffusion_models")):
+        path = os.path.join(folder, f"{name}.safetensors")
+        if os.path.exists(path):
+            return path
+    script = os.path.join(harness_dir(), "make_tiny_dit.py")
+    if not os.path.exists(script):
+        raise NoTestCheckpoint(f"no tiny DiT {name}: set COMFY_HARNESS_DIR to the comfy-harness folder with "
+                               f"make_tiny_dit.py (not found: {script})")
+    os.makedirs(CACHE, exist_ok=True)
+    subprocess.run([py, script, CACHE], check=True, cwd=root, stdout=subprocess.DEVNULL)
+    return os.path.join(CACHE, f"{name}.safetensors")
+
+
 def pure_core(name: str):
     """A torch-free module of ``fastdrag_core`` (``dragbench``, ``dragbench_sheet``) loaded from its
     file, without the package's ``__init__`` (which imports torch: seconds a client does not need)."""

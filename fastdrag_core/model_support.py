@@ -17,7 +17,14 @@ That is SD1.x, SD2.x (eps and v) and the SDXL family (eps and v fine-tunes). LCM
 (``ModelSamplingDiscrete(sampling="lcm")``: a 50-entry distilled table and LCM's boundary condition)
 is accepted and replaced by the plain eps model on the full table, as the official code drives the LCM
 UNet. Continuous-time EDM (Playground 2.5, CosXL, SVD), flow matching (SD3, Flux and newer), Stable
-Cascade, video, non-4-channel latents and transformer (DiT) denoisers are refused.
+Cascade, video, non-4-channel latents and transformer (DiT) denoisers are refused, with one exception:
+
+FastDrag (``method="FastDrag"`` only) also accepts the flow-matching DiTs **Flux.1** (dev, schnell and
+their fine-tunes: ComfyUI's ``Flux`` / ``FluxSchnell`` configs, ``ModelSamplingFlux``) and **SD3.x**
+(``SD3``, ``ModelSamplingDiscreteFlow``), both with CONST (velocity) prediction and 16-channel latents:
+the inversion integrates the flow ODE on the model's own sigmas, and the K/V of the image tokens of
+their joint-attention blocks replace the UNet decoder's (docs/flux-sd3.md). Every other DiT family
+(Flux.2, Flux Fill, Chroma, Qwen-Image, HiDream, Lumina, AuraFlow, WAN, ...) stays refused by name.
 
 The DragDiffusion nodes use the same rule (``method="DragDiffusion"``; LCM handled the same way, so their
 timesteps match the latent's schedule tag from FastDragInvert) and also refuse the SDXL family, whose UNet
@@ -35,15 +42,17 @@ __all__ = ["ModelDescription", "Support", "decide", "LCM_NOTE", "family_label", 
 LCM_NOTE = ("LCM sampling detected: FastDrag runs the UNet as a plain eps model on the 1000-step DDIM "
             "schedule, as the official code")
 
-SUPPORTED = "SD1.x, SD2.x (eps and v-prediction) and SDXL-family (eps and v-prediction) checkpoints"
+SUPPORTED = ("SD1.x, SD2.x (eps and v-prediction) and SDXL-family (eps and v-prediction) checkpoints, "
+             "and the flow-matching DiTs Flux.1 (dev, schnell) and SD3.x")
+UNET_SUPPORTED = "SD1.x, SD2.x (eps and v-prediction) and SDXL-family (eps and v-prediction) checkpoints"
 DRAGDIFFUSION_SUPPORTED = "SD1.x and SD2.x (eps and v-prediction) checkpoints"
 
 # What each method's nodes accept (the message names it). DragDiffusion is FastDrag's rule without the
 # SDXL family: its supervision feature (diffusers up_blocks[2]) and its controlled self-attention layers
 # (transformer blocks 10-15 of 16) are positions in the SD1.5 UNet, which SD2.x shares and SDXL lacks.
 METHODS = {"FastDrag": SUPPORTED, "DragDiffusion": DRAGDIFFUSION_SUPPORTED,
-           "DIFT": SUPPORTED,  # DragBench's Mean Distance (DragMeanDistance): FastDrag's rule
-           "the identity LoRA": SUPPORTED}  # DragDiffusionLoRA: trains on SDXL too (DragDiffusionEdit refuses it)
+           "DIFT": UNET_SUPPORTED,  # DragBench's Mean Distance (DragMeanDistance): FastDrag's UNet rule
+           "the identity LoRA": UNET_SUPPORTED}  # DragDiffusionLoRA: trains on SDXL too (DragDiffusionEdit refuses it)
 
 # ComfyUI model config class names -> what users call them (anything else is shown as it is).
 _FAMILY_LABELS = {
@@ -56,7 +65,16 @@ _FAMILY_LABELS = {
     "SD3": "SD3", "Flux": "Flux", "FluxSchnell": "Flux schnell", "AuraFlow": "AuraFlow",
     "Stable_Cascade_C": "Stable Cascade (stage C)", "Stable_Cascade_B": "Stable Cascade (stage B)",
     "PixArtAlpha": "PixArt-α", "PixArtSigma": "PixArt-Σ", "HunyuanDiT": "Hunyuan-DiT",
+    "Flux2": "Flux.2", "FluxInpaint": "Flux Fill (inpainting)", "Chroma": "Chroma", "ChromaRadiance": "Chroma Radiance",
+    "QwenImage": "Qwen-Image", "HiDream": "HiDream", "Lumina2": "Lumina 2", "HunyuanImage21": "HunyuanImage 2.1",
+    "Omnigen2": "OmniGen2", "CosmosT2IPredict2": "Cosmos Predict2",
 }
+
+# Flow-matching DiT families FastDrag runs on (config class name -> what the message calls them), with the
+# model sampling class, latent format and denoiser class each must have (anything else is refused).
+FLOW_FAMILIES = {"Flux": "Flux.1", "FluxSchnell": "Flux.1 schnell", "SD3": "SD3.x"}
+_FLOW_SAMPLING = {"Flux": "ModelSamplingFlux", "FluxSchnell": "ModelSamplingFlux", "SD3": "ModelSamplingDiscreteFlow"}
+_FLOW_DENOISERS = {"Flux": ("Flux",), "FluxSchnell": ("Flux",), "SD3": ("OpenAISignatureMMDITWrapper", "MMDiT")}
 
 _FLOW = ("CONST", "ModelSamplingDiscreteFlow", "ModelSamplingFlux", "COSMOS_RFLOW", "ModelSamplingCosmosRFlow")
 _EDM = ("EDM", "ModelSamplingContinuousEDM", "ModelSamplingContinuousV", "ModelSamplingDiscreteEDM")
@@ -93,12 +111,18 @@ class ModelDescription:
 
 @dataclass(frozen=True)
 class Support:
-    """An accepted model: ``prediction`` is ``"eps"`` or ``"v_prediction"``; ``lcm`` = the model's LCM
-    sampling is replaced by the plain discrete eps model on the full table (see :data:`LCM_NOTE`)."""
+    """An accepted model: ``prediction`` is ``"eps"``, ``"v_prediction"`` or ``"flow"`` (Flux.1 / SD3.x:
+    CONST velocity prediction on a flow-matching schedule); ``lcm`` = the model's LCM sampling is replaced
+    by the plain discrete eps model on the full table (see :data:`LCM_NOTE`)."""
 
     family: str
     prediction: str
     lcm: bool = False
+
+    @property
+    def flow(self) -> bool:
+        """True for the flow-matching DiTs (Flux.1, SD3.x)."""
+        return self.prediction == "flow"
 
     def describe(self) -> str:
         return f"{family_label(self.family)}, {self.prediction}" + (" (LCM sampling replaced)" if self.lcm else "")
@@ -125,6 +149,8 @@ def decide(desc: ModelDescription, node: str, method: str = "FastDrag") -> Suppo
     def refuse(why: str, fix: Optional[str] = None) -> ValueError:
         return ValueError(f"{node}: this {what} {why}; {method} supports {METHODS[method]}: {fix or change}")
 
+    if method == "FastDrag" and desc.family in FLOW_FAMILIES and desc.latent_dimensions == 2:
+        return _decide_flow(desc, refuse)
     if desc.latent_dimensions != 2:
         kind = "video" if desc.latent_dimensions == 3 else "audio or 3-D"
         raise refuse(f"is a {kind} model ({desc.latent_dimensions}-D latents of format {desc.latent_format}), "
@@ -169,3 +195,20 @@ def decide(desc: ModelDescription, node: str, method: str = "FastDrag") -> Suppo
                      "attention, it has 70 transformer blocks), and no official setting exists to transfer",
                      "use an SD1.x or SD2.x checkpoint, or FastDrag (FastDragEdit) on this one")
     return Support(family=desc.family, prediction=prediction, lcm=lcm)
+
+
+def _decide_flow(desc: ModelDescription, refuse) -> Support:
+    """A Flux.1 / SD3.x model: its own flow sampling (any shift), CONST prediction, 16-channel latents of
+    its own format and its own DiT; anything else (e.g. a ModelSamplingDiscrete node in front) is refused."""
+    s = set(desc.sampling)
+    want = _FLOW_SAMPLING[desc.family]
+    if want not in s or "CONST" not in s:
+        raise refuse(f"uses {_sampling_name(desc)} sampling; FastDrag runs {FLOW_FAMILIES[desc.family]} on its "
+                     f"flow-matching sampling ({want} with CONST prediction)")
+    if desc.latent_channels != 16 or desc.latent_format not in ("Flux", "SD3"):
+        raise refuse(f"uses {desc.latent_channels}-channel {desc.latent_format} latents; FastDrag runs "
+                     f"{FLOW_FAMILIES[desc.family]} on its 16-channel latents")
+    if desc.denoiser not in _FLOW_DENOISERS[desc.family]:
+        raise refuse(f"has the denoiser {desc.denoiser}; FastDrag captures K/V in the joint-attention blocks "
+                     f"of {' / '.join(_FLOW_DENOISERS[desc.family])}")
+    return Support(family=desc.family, prediction="flow")

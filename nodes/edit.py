@@ -16,6 +16,7 @@ from comfy_api.latest import io
 
 from comfy_execution.graph_utils import GraphBuilder
 
+from ..fastdrag_core.dit_kv import DEFAULT_KEEP as DIT_DEFAULT_KEEP, KEEP_OPTIONS as DIT_KEEP_OPTIONS
 from .types import FastDragDrag
 from .bnni import FILL_OPTIONS
 from .object_move import OVERLAP_OPTIONS
@@ -36,7 +37,8 @@ class FastDragEdit(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", raw_link=True,
                                tooltip="An SD1.x, SD2.x or SDXL-family model, eps or v-prediction (official: "
-                                       "LCM-Dreamshaper v7 UNet as a plain eps model); LoRA and other patches apply."),
+                                       "LCM-Dreamshaper v7 UNet as a plain eps model), or Flux.1 / SD3.x; LoRA "
+                                       "and other patches apply."),
                 io.Vae.Input("vae", raw_link=True, tooltip="The VAE that encodes and decodes the image."),
                 io.Conditioning.Input("positive", raw_link=True,
                                       tooltip="Prompt conditioning (the image prompt or the empty prompt)."),
@@ -72,6 +74,8 @@ class FastDragEdit(io.ComfyNode):
                 io.Mask.Input("fill_region", optional=True, raw_link=True,
                               tooltip="move object: the region whose patch fills the old place (default: around "
                                       "the target)."),
+                io.Combo.Input("dit_kv", options=list(DIT_KEEP_OPTIONS), default=DIT_DEFAULT_KEEP, optional=True,
+                               tooltip="Flux / SD3: which joint-attention K/V are kept (see FastDragInvert)."),
             ],
             outputs=[
                 io.Image.Output("image", display_name="image", tooltip="The dragged image."),
@@ -82,12 +86,12 @@ class FastDragEdit(io.ComfyNode):
     @classmethod
     def execute(cls, model, vae, positive, image, drag, steps, strength, cfg, negative=None, fill="bnni",
                 handle_on_cell="paper", consistency=True, kv_device="auto", task="drag", overlap="keep object",
-                fill_region=None) -> io.NodeOutput:
+                fill_region=None, dit_kv=DIT_DEFAULT_KEEP) -> io.NodeOutput:
         g = GraphBuilder()
         neg = {} if negative is None else {"negative": negative}
         enc = g.node("VAEEncode", pixels=image, vae=vae)
         inv = g.node("FastDragInvert", model=model, positive=positive, latent=enc.out(0), steps=steps,
-                     strength=strength, cfg=cfg, kv_device=kv_device, **neg)
+                     strength=strength, cfg=cfg, kv_device=kv_device, dit_kv=dit_kv, **neg)
         if task in ("move object", "copy object"):
             region = {} if fill_region is None else {"fill_region": fill_region}
             filled = g.node("FastDragMoveObject", latent=inv.out(0), drag=drag, mode=task.split()[0],

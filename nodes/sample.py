@@ -37,7 +37,11 @@ def check_kv_matches(kv, latent, model, node: str = NODE):
         raise ValueError(f"{node}: latent was inverted with {tag['schedule'].describe()} but kv was "
                          f"captured with {sched.describe()} (another schedule); connect the kv and latent "
                          "of the same FastDragInvert")
-    check_model_schedule(sm.model_sampling, sched, node, what="kv was captured")
+    if sm.support.flow:
+        from .dit import check_flow_schedule
+        check_flow_schedule(sm.model_sampling, sched, node, what="kv was captured")
+    else:
+        check_model_schedule(sm.model_sampling, sched, node, what="kv was captured")
     return samples, sm
 
 
@@ -84,6 +88,11 @@ class FastDragSample(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, latent, kv, cfg, consistency, negative=None) -> io.NodeOutput:
         samples, sm = check_kv_matches(kv, latent, model)
+        if sm.support.flow:  # Flux.1 / SD3.x (nodes/dit.py)
+            from .dit import sample_flow
+            warn_noise_mask(latent, NODE)
+            out_latent, msg = sample_flow(model, sm, positive, negative, latent, samples, kv, cfg, consistency, NODE)
+            return io.NodeOutput(out_latent, ui=ui.PreviewText(msg))
         sched = kv.schedule
         sigmas = torch.tensor(sched.sigmas)
         run = KVRun("inject", kv, sched, KVPolicy(enabled=bool(consistency)))

@@ -11,11 +11,15 @@ sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
 import marked_workflow as mw  # noqa: E402
 
-SHIPPED = {name: os.path.join(REPO, "benchmarks", "workflows", f"{name}.json") for name in ("fastdrag", "dragdiffusion")}
+SHIPPED = {name: os.path.join(REPO, "benchmarks", "workflows", f"{name}.json") for name in ("fastdrag", "dragdiffusion",
+                                                                                          "fastdrag_flux", "fastdrag_sd35")}
 
 
 @pytest.mark.parametrize("name, node, defaults", [
     ("fastdrag", "FastDragEdit", {"steps": 10, "strength": 0.7, "cfg": 1.0}),
+    ("fastdrag_flux", "FastDragEdit", {"steps": 10, "strength": 0.7, "cfg": 1.0, "guidance": 3.5,
+                                       "dit_kv": "v_last_third"}),
+    ("fastdrag_sd35", "FastDragEdit", {"steps": 10, "strength": 0.7, "cfg": 1.0, "dit_kv": "v_last_third"}),
     ("dragdiffusion", "DragDiffusionEdit", {"steps": 50, "strength": 0.7, "drag_steps": 80, "lora_steps": 80,
                                             "cfg": 1.0}),
 ])

@@ -44,6 +44,23 @@ def test_supported_families(d, family, prediction):
     assert decide(d, "N") == Support(family=family, prediction=prediction, lcm=False)
 
 
+@pytest.mark.parametrize("d,family", [
+    (desc("Flux", FLUX, "Flux", channels=16, attn1=0, denoiser="Flux"), "Flux"),
+    (desc("Flux", FLUX, "Flux", channels=16, attn1=0, denoiser="Flux", patched=True), "Flux"),  # ModelSamplingFlux
+    (desc("FluxSchnell", FLUX, "Flux", channels=16, attn1=0, denoiser="Flux"), "FluxSchnell"),
+    (desc("SD3", FLOW, "SD3", channels=16, attn1=0, denoiser="OpenAISignatureMMDITWrapper"), "SD3"),
+    (desc("SD3", FLOW, "SD3", channels=16, attn1=0, denoiser="MMDiT", patched=True), "SD3"),  # ModelSamplingSD3
+])
+def test_flux1_and_sd3_are_accepted_as_flow(d, family):
+    s = decide(d, "N")
+    assert s == Support(family=family, prediction="flow") and s.flow
+    for method, needle in (("DragDiffusion", "DragDiffusion supports SD1.x and SD2.x"),
+                           ("DIFT", "DIFT supports SD1.x, SD2.x (eps and v-prediction) and SDXL-family (eps and "
+                                    "v-prediction) checkpoints:")):
+        with pytest.raises(ValueError, match=needle.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
+            decide(d, "N", method=method)
+
+
 def test_lcm_is_accepted_as_plain_eps():
     s = decide(desc(sampling=LCM, patched=True), "N")
     assert s == Support(family="SD15", prediction="eps", lcm=True)
@@ -57,8 +74,21 @@ def test_lcm_is_accepted_as_plain_eps():
                                                            "Playground 2.5", "use one of those checkpoints"]),
     (desc("SDXL", VCONT, "SDXL", attn1=36), ["continuous-time EDM", "ModelSamplingContinuousV"]),
     (desc("SVD_img2vid", EDM, "SD15", attn1=30), ["this Stable Video Diffusion model", "continuous-time EDM"]),
-    (desc("SD3", FLOW, "SD3", channels=16, attn1=0, denoiser="MMDiT"), ["this SD3 model", "16-channel latents"]),
-    (desc("Flux", FLUX, "Flux", channels=16, attn1=0, denoiser="Flux"), ["this Flux model", "16-channel"]),
+    (desc("Flux2", FLUX, "Flux2", channels=128, attn1=0, denoiser="Flux"), ["this Flux.2 model", "128-channel"]),
+    (desc("FluxInpaint", FLUX, "Flux", channels=16, attn1=0, denoiser="Flux"), ["this Flux Fill (inpainting) model",
+                                                                                 "16-channel"]),
+    (desc("Chroma", FLUX, "Flux", channels=16, attn1=0, denoiser="Chroma"), ["this Chroma model"]),
+    (desc("QwenImage", FLOW, "Wan21", channels=16, attn1=0, denoiser="QwenImageTransformer2DModel"),
+     ["this Qwen-Image model"]),
+    (desc("HiDream", FLOW, "Flux", channels=16, attn1=0, denoiser="HiDreamImageTransformer2DModel"),
+     ["this HiDream model"]),
+    (desc("Lumina2", FLOW, "Flux", channels=16, attn1=0, denoiser="NextDiT"), ["this Lumina 2 model"]),
+    (desc("AuraFlow", FLOW, "SDXL", attn1=0, denoiser="MMDiT"), ["this AuraFlow model", "flow-matching sampling"]),
+    (desc("Flux", EPS, "Flux", channels=16, attn1=0, denoiser="Flux", patched=True),
+     ["this Flux model uses ModelSamplingDiscrete+EPS sampling", "ModelSamplingFlux with CONST prediction",
+      "remove the model sampling node"]),
+    (desc("SD3", FLOW, "SD15", channels=4, attn1=0, denoiser="MMDiT"), ["4-channel SD15 latents"]),
+    (desc("SD3", FLOW, "SD3", channels=16, attn1=0, denoiser="UNetModel"), ["has the denoiser UNetModel"]),
     (desc("SD15", FLOW, patched=True), ["flow-matching sampling", "ModelSamplingDiscreteFlow+CONST",
                                         "remove the model sampling node"]),
     (desc("WAN21_T2V", FLOW, "Wan21", channels=16, dims=3, attn1=0, denoiser="WanModel"),

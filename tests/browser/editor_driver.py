@@ -534,6 +534,11 @@ async def templates_scenario(cdp, args, R):
              && names.some(n => (c.text || '').includes(n))); }})()"""
     # the dialog opens with ComfyUI's own templates and an opening animation: click the category once
     # its place has settled, and again if the pack's cards (thumbnails load lazily) do not come
+    # the dialog's grid shows 3 cards a row at 1400 px and renders the rows in view only: with more than 6
+    # templates the view is made taller for this scenario, so that every card is rendered
+    tall = 1000 + 420 * max(0, -(-len(listed) // 3) - 2)
+    if tall > 1000:
+        await cdp.call("Emulation.setDeviceMetricsOverride", width=1400, height=tall, deviceScaleFactor=1, mobile=False)
     for _ in range(3):
         nav = await cdp.wait(nav_js, timeout=20)
         await asyncio.sleep(0.3)
@@ -546,6 +551,8 @@ async def templates_scenario(cdp, args, R):
             pass  # the test reports what is there after the last try
     R["cards"] = await cdp.js(cards_js)
     await shoot(cdp, args, "templates_dialog.png")
+    if tall > 1000:
+        await cdp.call("Emulation.setDeviceMetricsOverride", width=1400, height=1000, deviceScaleFactor=1, mobile=False)
     R["closed"] = await close_dialogs(cdp)
 
 

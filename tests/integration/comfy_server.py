@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
 import comfy_client  # noqa: E402
 from comfy_client import (CACHE, PACK_NAME, ComfyProcess, NoTestCheckpoint, PromptError,  # noqa: E402,F401
-                          comfy_python, free_port, harness_dir, tiny_checkpoint)
+                          comfy_python, free_port, harness_dir, tiny_checkpoint, tiny_dit)
 
 TESTPACK = os.path.join(HERE, "fastdrag_testpack")
 SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Workflow.ShowMissingModelsWarning": False,
@@ -111,3 +111,13 @@ class ComfyServer(ComfyProcess):
         if kind not in self.ckpt_names:
             self.ckpt_names[kind] = self.link_checkpoint(tiny_checkpoint(self.root, self.py, kind))
         return self.ckpt_names[kind]
+
+    def add_diffusion_model(self, name: str) -> str:
+        """Links the tiny DiT ``name`` (``tiny_sd3`` / ``tiny_flux``, see ``comfy_client.tiny_dit``) into this
+        server's ``models/diffusion_models``; returns its name for ``UNETLoader``."""
+        path = tiny_dit(self.root, self.py, name)
+        link = os.path.join(self.base, "models", "diffusion_models", os.path.basename(path))
+        os.makedirs(os.path.dirname(link), exist_ok=True)
+        if not os.path.exists(link):
+            os.symlink(os.path.abspath(path), link)
+        return os.path.basename(path)

@@ -256,3 +256,7 @@ NODE_CLASS_MAPPINGS.update(_DD_NODES)
 from .object_move_ref import NODE_CLASS_MAPPINGS as _OBJECT_MOVE_NODES  # noqa: E402
 
 NODE_CLASS_MAPPINGS.update(_OBJECT_MOVE_NODES)
+
+from .flow_ref import NODE_CLASS_MAPPINGS as _FLOW_NODES  # noqa: E402  (Flux / SD3 references)
+
+NODE_CLASS_MAPPINGS.update(_FLOW_NODES)
