@@ -55,7 +55,7 @@ _FAMILY_LABELS = {
     "SVD_img2vid": "Stable Video Diffusion", "SV3D_u": "SV3D", "SV3D_p": "SV3D",
     "SD3": "SD3", "Flux": "Flux", "FluxSchnell": "Flux schnell", "AuraFlow": "AuraFlow",
     "Stable_Cascade_C": "Stable Cascade (stage C)", "Stable_Cascade_B": "Stable Cascade (stage B)",
-    "PixArtAlpha": "PixArt-α", "PixArtSigma": "PixArt-Σ", "HunyuanDiT": "Hunyuan-DiT",
+    "PixArtAlpha": "PixArt-alpha", "PixArtSigma": "PixArt-Sigma", "HunyuanDiT": "Hunyuan-DiT",
 }
 
 _FLOW = ("CONST", "ModelSamplingDiscreteFlow", "ModelSamplingFlux", "COSMOS_RFLOW", "ModelSamplingCosmosRFlow")
