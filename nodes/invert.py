@@ -14,7 +14,7 @@ import comfy.samplers
 import comfy.utils
 
 from ..fastdrag_core import ddim
-from ..fastdrag_core.kv import KVSchedule, KVStore
+from ..fastdrag_core.kv import KV_DEVICE_SHARE, KVSchedule, KVStore, format_bytes, keep_kv_on_device
 from .model_support import supported_model
 from .patches import INVERT_SAMPLER, KVRun, decoder_attn1_sites, patch_model, zero_conditioning
 from .types import LATENT_TAG, FastDragKV
@@ -63,6 +63,21 @@ def _fits_on(device):
     return fits
 
 
+def _kv_placement(device):
+    """kv_device "auto": the store's home, decided once with the model loaded (fastdrag_core.kv.keep_kv_on_device)."""
+    def placement(projected: int) -> tuple[bool, str]:
+        free = comfy.model_management.get_free_memory(device)
+        reserve = comfy.model_management.minimum_inference_memory()
+        headroom = format_bytes(max(0, free - reserve))
+        if keep_kv_on_device(projected, free, reserve):
+            return True, (f"kv_device auto: kept on {device}, {format_bytes(projected)} is within "
+                          f"{KV_DEVICE_SHARE:.0%} of the {headroom} free there")
+        return False, (f"kv_device auto: kept in system memory, {format_bytes(projected)} is over "
+                       f"{KV_DEVICE_SHARE:.0%} of the {headroom} free on {device}; the cached store would hold "
+                       "GPU memory ComfyUI cannot free")
+    return placement
+
+
 def warn_noise_mask(latent, node: str):
     """A LATENT noise_mask (SetLatentNoiseMask) is not used: inversion must cover the whole latent for
     the K/V and the warp, and KSAMPLER's inpaint blending would pin the unmasked area to a
@@ -98,9 +113,12 @@ class FastDragInvert(io.ComfyNode):
                                        "negative pass). Use the same value in FastDragSample."),
                 io.Conditioning.Input("negative", optional=True,
                                       tooltip="Negative conditioning, used only when cfg != 1."),
-                io.Combo.Input("kv_device", options=["auto", "cpu"], default="auto", optional=True,
-                               tooltip="Where the captured K/V live: auto = the compute device (fastest), "
-                                       "cpu = system memory (saves GPU memory, slower sampling)."),
+                io.Combo.Input("kv_device", options=["auto", "cpu", "device"], default="auto", optional=True,
+                               tooltip="Where the captured K/V live while ComfyUI caches them (model management "
+                                       "cannot free them): auto = on the GPU if the store takes at most a quarter "
+                                       "of its free memory, else system memory (SDXL at 1024x1024 on 8-12 GB "
+                                       "cards); cpu = always system memory; device = always the GPU (fastest "
+                                       "re-drag). The node's text says where they went and why."),
                 io.Boolean.Input("capture_kv", default=True, optional=True,
                                  tooltip="Capture decoder K/V for FastDragSample (on by default). Off = invert "
                                          "only, returning an empty kv (DragDiffusion does not use it; saves "
@@ -127,8 +145,10 @@ class FastDragInvert(io.ComfyNode):
         # ascending: σ(t=0) (the official ᾱ_{-99} := ᾱ_0), σ(t_1), ..., σ(t_k)
         inv_sigmas = torch.tensor([float(ms.sigmas[0])] + list(sched.sigmas[:-1])[::-1])
 
+        on_device = torch.device(model.load_device).type != "cpu"
         store = KVStore(sched, dtype=torch.float16, device="cpu" if kv_device == "cpu" else None,
-                        fits=_fits_on(model.load_device) if kv_device == "auto" else None)
+                        fits=_fits_on(model.load_device) if kv_device != "cpu" and on_device else None,
+                        placement=_kv_placement(model.load_device) if kv_device == "auto" and on_device else None)
         run = KVRun("capture", store, sched)
         sites = decoder_attn1_sites(model, NODE) if capture_kv else []
         m = patch_model(model, run, sites, model_sampling=ms if sm.support.lcm else None)
