@@ -10,11 +10,11 @@ from comfy_api.latest import io, ui
 
 import comfy.model_management
 import comfy.sample
-import comfy.samplers
 import comfy.utils
 
 from ..fastdrag_core import ddim
 from ..fastdrag_core.kv import KV_DEVICE_SHARE, KVSchedule, KVStore, format_bytes, keep_kv_on_device
+from . import comfy_adapter
 from .model_support import supported_model
 from .patches import INVERT_SAMPLER, KVRun, decoder_attn1_sites, patch_model, zero_conditioning
 from .types import LATENT_TAG, FastDragKV
@@ -30,7 +30,7 @@ def edit_schedule(ms, steps: int, strength: float, latent_shape, node: str = NOD
         k = ddim.inversion_steps(steps, strength)
     except ValueError as e:
         raise ValueError(f"{node}: {e}") from None
-    sig = comfy.samplers.calculate_sigmas(ms, "ddim_uniform", steps).cpu().float()
+    sig = comfy_adapter.get("calculate_sigmas")(ms, "ddim_uniform", steps).cpu().float()
     sig = sig[-(k + 1):]
     ts = [int(ms.timestep(s.reshape(1)).item()) for s in sig[:-1]]
     return KVSchedule(sigmas=tuple(float(s) for s in sig), timesteps=tuple(ts), steps=int(steps),
@@ -139,7 +139,7 @@ class FastDragInvert(io.ComfyNode):
         sm = supported_model(model, NODE)  # refuses unsupported families before any work
         ms = sm.model_sampling
         samples = check_latent(latent, NODE)
-        samples = comfy.sample.fix_empty_latent_channels(model, samples)
+        samples = comfy_adapter.get("fix_empty_latent_channels")(model, samples)
         sched = edit_schedule(ms, steps, strength, samples.shape)
         k = len(sched.timesteps)
         # ascending: σ(t=0) (the official ᾱ_{-99} := ᾱ_0), σ(t_1), ..., σ(t_k)
