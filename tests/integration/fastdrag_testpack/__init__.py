@@ -252,3 +252,7 @@ NODE_CLASS_MAPPINGS.update(_DRAGBENCH_REF_NODES)
 from .dragdiffusion_ref import NODE_CLASS_MAPPINGS as _DD_NODES  # noqa: E402
 
 NODE_CLASS_MAPPINGS.update(_DD_NODES)
+
+from .device_peak import NODE_CLASS_MAPPINGS as _PEAK_NODES  # noqa: E402  (benchmarks/device_check.py)
+
+NODE_CLASS_MAPPINGS.update(_PEAK_NODES)
