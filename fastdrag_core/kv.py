@@ -39,9 +39,9 @@ def format_bytes(n: int) -> str:
 # reserve, measured with the model loaded) a whole K/V store may take and still stay on the device.
 # The store lives in ComfyUI's output cache for as long as the node's output is cached, where model
 # management can neither see nor free it, so it must leave most of the headroom to the models and the
-# VAE decode that come next: with a quarter, SD1.5 at 512^2 (184 MiB) stays on the device on any card
-# with 0.8 GB of headroom; SDXL at 1024^2 (1.47 GB at cfg 1) only where 5.9 GB stay free beside the
-# model (24 GB cards), not on 8-12 GB cards. A store on the CPU costs one host-to-device copy of each
+# VAE decode that come next: with a quarter, SD1.5 at 512^2 (184 MiB at cfg 1) stays on the device
+# wherever 736 MiB of headroom are left; SDXL at 1024^2 (1470 MiB at cfg 1, 2940 MiB at cfg > 1) only
+# where 5.7 GiB (11.5 GiB) stay free beside the model (24 GB cards), not on 8-16 GB cards. A store on the CPU costs one host-to-device copy of each
 # entry per sampling, the same share of the UNet's time at every size (both scale with the tokens).
 KV_DEVICE_SHARE = 0.25
 

@@ -73,8 +73,8 @@ def _kv_placement(device):
             return True, (f"kv_device auto: kept on {device}, {format_bytes(projected)} is within "
                           f"{KV_DEVICE_SHARE:.0%} of the {headroom} free there")
         return False, (f"kv_device auto: kept in system memory, {format_bytes(projected)} is over "
-                       f"{KV_DEVICE_SHARE:.0%} of the {headroom} free on {device}; the cached store would hold "
-                       "GPU memory ComfyUI cannot free")
+                       f"{KV_DEVICE_SHARE:.0%} of the {headroom} free on {device}, where the cached store would hold "
+                       "memory ComfyUI cannot free")
     return placement
 
 
