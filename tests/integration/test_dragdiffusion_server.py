@@ -43,6 +43,8 @@ def assert_same_up_to_rounding(a, b, moved, what):
     apart by more than 1% of ``moved``, nor the mean by more than 0.1%."""
     assert a.shape == b.shape and torch.isfinite(a).all() and torch.isfinite(b).all()
     gap, scale = (a - b).abs(), float(moved)
+    print(f"{what}: max |a - b| {float(gap.max()):.3g}, mean {float(gap.mean()):.3g}; the edit moved the latent by "
+          f"up to {scale:.3g}")
     assert scale > 0, what
     assert float(gap.max()) <= 1e-2 * scale and float(gap.mean()) <= 1e-3 * scale, \
         (what, float(gap.max()), float(gap.mean()), scale)
