@@ -668,7 +668,7 @@ def _fmt(v, spec):
 
 def summary_rows(summary: dict) -> list[list[str]]:
     """Header + one row per category + the overall row, as strings."""
-    rows = [["category", "samples", "points", "MD (px) ↓", "IF ↑", "s / image", "s / point"]]
+    rows = [["category", "samples", "points", "MD (px, lower is better)", "IF (higher is better)", "s / image", "s / point"]]
     items = list(summary["categories"].items()) + [("overall", summary["overall"])]
     for name, s in items:
         rows.append([name, str(s["n_samples"]), str(s["n_points"]), _fmt(s["md"], ".2f"), _fmt(s["if"], ".4f"),
@@ -718,7 +718,7 @@ def summary_markdown(summary: dict, sheets: dict[str, str] | None = None) -> str
         lines.append("| " + " | ".join(r) + " |")
     lines.append("| " + " | ".join(f"**{c}**" for c in rows[-1]) + " |")
     lines += ["", "MD: mean distance in source pixels between each target and where DIFT finds the handle's "
-              "content in the edited image (mean over all points). IF: 1 − LPIPS (AlexNet, 224×224), mean over "
+              "content in the edited image (mean over all points). IF: 1 - LPIPS (AlexNet, 224x224), mean over "
               "images. Seconds: edit time in the server per image, and total edit time / points."]
     problems = _problems(summary, "- ")
     if problems:

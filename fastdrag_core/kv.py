@@ -21,7 +21,8 @@ from typing import Hashable, Iterable, Optional, Sequence
 
 import torch
 
-__all__ = ["KVSchedule", "KVStore", "KVPolicy", "InjectionStats", "format_bytes"]
+__all__ = ["KVSchedule", "KVStore", "KVPolicy", "InjectionStats", "format_bytes", "KV_DEVICE_SHARE",
+           "keep_kv_on_device"]
 
 Key = tuple  # (layer, timestep, chunk)
 
@@ -32,6 +33,27 @@ def format_bytes(n: int) -> str:
             return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
         n /= 1024.0
     return f"{n:.1f} GiB"
+
+
+# kv_device "auto": the share of the compute device's headroom (free memory above ComfyUI's inference
+# reserve, measured with the model loaded) a whole K/V store may take and still stay on the device.
+# The store lives in ComfyUI's output cache for as long as the node's output is cached, where model
+# management can neither see nor free it, so it must leave most of the headroom to the models and the
+# VAE decode that come next: with a quarter, SD1.5 at 512^2 (184 MiB at cfg 1) stays on the device
+# wherever 736 MiB of headroom are left; SDXL at 1024^2 (1470 MiB at cfg 1, 2940 MiB at cfg > 1) only
+# where 5.7 GiB (11.5 GiB) stay free beside the model (24 GB cards), not on 8-16 GB cards. A store on the CPU costs one host-to-device copy of each
+# entry per sampling, the same share of the UNet's time at every size (both scale with the tokens).
+KV_DEVICE_SHARE = 0.25
+
+
+def keep_kv_on_device(store_bytes: int, free_bytes: int, reserve_bytes: int,
+                      share: float = KV_DEVICE_SHARE) -> bool:
+    """kv_device "auto": True when a store of ``store_bytes`` may stay on the compute device, i.e. takes
+    at most ``share`` of the headroom ``free_bytes - reserve_bytes`` (free device memory with the model
+    loaded, minus ComfyUI's inference reserve); False = keep it in system memory."""
+    if store_bytes < 0 or share < 0:
+        raise ValueError(f"store_bytes ({store_bytes}) and share ({share}) must be >= 0")
+    return store_bytes <= share * max(0, free_bytes - reserve_bytes)
 
 
 @dataclass(frozen=True)
@@ -86,14 +108,25 @@ class KVStore:
     ``device=None`` and a ``fits(nbytes) -> bool`` callable, an entry that does not fit on the compute
     device goes to the CPU instead (``spilled`` counts them).
 
+    With ``device=None`` and a ``placement(projected_bytes) -> (keep: bool, reason: str)`` callable
+    (kv_device "auto", :func:`keep_kv_on_device`), the whole store's home is decided once, when the
+    first timestep's entries are in (projected size = their bytes x the schedule's timesteps; at
+    :meth:`freeze` if the schedule has one timestep): if not ``keep``, those entries move to
+    ``spill_device`` and every later entry goes there; ``placement_note`` says where and why.
+
     ``copy.deepcopy`` returns the object itself: ComfyUI's ``ModelPatcher.clone`` deep-copies the
     patch objects that reference the store, and all clones must share this one store.
     """
 
     def __init__(self, schedule: Optional[KVSchedule] = None, *, dtype: torch.dtype = torch.float16,
-                 device: Optional[torch.device | str] = None, fits=None, spill_device: torch.device | str = "cpu"):
+                 device: Optional[torch.device | str] = None, fits=None, spill_device: torch.device | str = "cpu",
+                 placement=None):
         self.schedule = schedule
         self.fits = fits
+        self.placement = placement
+        self.placement_note = ""
+        self.moved = 0  # tensors moved to spill_device by the placement decision
+        self._first_timestep = None
         self.spill_device = torch.device(spill_device)
         self.spilled = 0
         self.dtype = dtype
@@ -123,6 +156,10 @@ class KVStore:
         n = len(chunks)
         if n == 0 or k.shape[0] % n or v.shape[0] != k.shape[0]:
             raise ValueError(f"cannot split K {list(k.shape)} / V {list(v.shape)} into chunks {list(chunks)}")
+        if self._first_timestep is None:
+            self._first_timestep = int(timestep)
+        elif int(timestep) != self._first_timestep:
+            self._place()
         repeated = 0
         for c, kk, vv in zip(chunks, k.chunk(n), v.chunk(n)):
             key = (layer, int(timestep), int(c))
@@ -145,12 +182,34 @@ class KVStore:
                 self.spilled += 1
         return t.detach().to(device=dev, dtype=self.dtype, copy=True)
 
+    def _place(self) -> None:
+        """Decide the store's home once (see the class docstring); a no-op without ``placement``, with a
+        fixed ``device`` or once decided."""
+        if self.placement is None or self.device is not None:
+            return
+        placement, self.placement = self.placement, None
+        steps = len(self.schedule.timesteps) if self.schedule is not None else 1
+        seen = max(1, len({k[1] for k in self._entries}))
+        projected = self.nbytes * steps // seen
+        keep, reason = placement(projected)
+        self.placement_note = reason
+        if keep:
+            return
+        self.device = self.spill_device
+        entries = {}
+        for key, kv in self._entries.items():
+            self.moved += sum(t.device != self.spill_device for t in kv)
+            entries[key] = tuple(t.to(self.spill_device) for t in kv)
+        self._entries = entries
+
     def freeze(self, schedule: Optional[KVSchedule] = None) -> "KVStore":
         if schedule is not None:
             self.schedule = schedule
+        if not self._frozen:
+            self._place()
         self._entries = MappingProxyType(dict(self._entries))  # type: ignore[assignment]
         self._frozen = True
-        self.fits = None
+        self.fits = self.placement = None
         return self
 
     # -- reading ----------------------------------------------------------------------------
@@ -204,7 +263,8 @@ class KVStore:
         return (f"{len(self)} K/V entries = {len(self.layers)} layers x {len(self.timesteps)} timesteps x "
                 f"{len(self.chunks)} chunks, {format_bytes(self.nbytes)} {str(self.dtype).replace('torch.', '')} "
                 f"on {','.join(sorted(self.devices())) or '-'}"
-                + (f" ({self.spilled} tensors spilled to {self.spill_device})" if self.spilled else "") + f"; {sched}")
+                + (f" ({self.spilled} tensors spilled to {self.spill_device})" if self.spilled else "")
+                + (f" ({self.placement_note})" if self.placement_note else "") + f"; {sched}")
 
     def __repr__(self):
         return f"KVStore({self.describe()})"

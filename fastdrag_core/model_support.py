@@ -64,7 +64,7 @@ _FAMILY_LABELS = {
     "SVD_img2vid": "Stable Video Diffusion", "SV3D_u": "SV3D", "SV3D_p": "SV3D",
     "SD3": "SD3", "Flux": "Flux", "FluxSchnell": "Flux schnell", "AuraFlow": "AuraFlow",
     "Stable_Cascade_C": "Stable Cascade (stage C)", "Stable_Cascade_B": "Stable Cascade (stage B)",
-    "PixArtAlpha": "PixArt-α", "PixArtSigma": "PixArt-Σ", "HunyuanDiT": "Hunyuan-DiT",
+    "PixArtAlpha": "PixArt-alpha", "PixArtSigma": "PixArt-Sigma", "HunyuanDiT": "Hunyuan-DiT",
     "Flux2": "Flux.2", "FluxInpaint": "Flux Fill (inpainting)", "Chroma": "Chroma", "ChromaRadiance": "Chroma Radiance",
     "QwenImage": "Qwen-Image", "HiDream": "HiDream", "Lumina2": "Lumina 2", "HunyuanImage21": "HunyuanImage 2.1",
     "Omnigen2": "OmniGen2", "CosmosT2IPredict2": "Cosmos Predict2",

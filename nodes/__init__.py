@@ -7,6 +7,7 @@ diffusion loops through ComfyUI's sampler machinery (``nodes/patches.py``).
 
 from comfy_api.latest import ComfyExtension, io
 
+from . import comfy_adapter
 from .bnni import FastDragBNNI
 from .dd_lora import DragDiffusionLoRA
 from .dragbench import DragBenchSample
@@ -48,4 +49,4 @@ NODE_CLASS_MAPPINGS: dict[str, type[io.ComfyNode]] = {
 
 class FastDragExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return list(NODE_CLASS_MAPPINGS.values())
+        return comfy_adapter.available_nodes(list(NODE_CLASS_MAPPINGS.values()))  # without those a missing ComfyUI internal disables

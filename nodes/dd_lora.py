@@ -33,15 +33,12 @@ from typing import Callable, Optional
 import torch
 from comfy_api.latest import io, ui
 
-import comfy.lora
 import comfy.model_management
-import comfy.samplers
 import comfy.sd
 import comfy.utils
 import folder_paths
-from comfy.ldm.modules.attention import CrossAttention
-from comfy.weight_adapter.lora import LoraDiff
-from comfy_extras.nodes_train import TrainGuider, process_cond_list
+
+from . import comfy_adapter
 
 from ..fastdrag_core import lora as core
 from .invert import check_latent
@@ -158,7 +155,7 @@ class LoraLayer:
 
     module: str
     key: str
-    adapter: LoraDiff
+    adapter: object  # comfy.weight_adapter.lora.LoraDiff (comfy_adapter)
 
     def factors(self) -> tuple[torch.nn.Parameter, torch.nn.Parameter]:
         return self.adapter.lora_up.weight, self.adapter.lora_down.weight
@@ -170,7 +167,7 @@ def attention_projections(model) -> list[str]:
     dm = model.get_model_object("diffusion_model")
     names = []
     for name, mod in dm.named_modules():
-        if isinstance(mod, CrossAttention):
+        if isinstance(mod, comfy_adapter.get("CrossAttention")):
             for p in PROJECTIONS:
                 sub = mod.get_submodule(p)
                 if not hasattr(sub, "weight_function") or sub.weight is None or sub.weight.dim() != 2:
@@ -186,8 +183,8 @@ def lora_keys(model, modules: list[str]) -> dict[str, str]:
     (``lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q``) that ComfyUI, A1111
     and diffusers load; ComfyUI's own names (``lora_unet_input_blocks_1_1_...``) where the UNet has no
     diffusers mapping. Every key is checked against ComfyUI's LoRA key map for this model."""
-    key_map = comfy.lora.model_lora_keys_unet(model.model, {})
-    diffusers = comfy.utils.unet_to_diffusers(model.model.model_config.unet_config)
+    key_map = comfy_adapter.get("model_lora_keys_unet")(model.model, {})
+    diffusers = comfy_adapter.get("unet_to_diffusers")(model.model.model_config.unet_config)
     to_diffusers = {v: k for k, v in diffusers.items() if k.endswith(".weight")}
     keys = {}
     for m in modules:
@@ -224,7 +221,7 @@ def install_lora(model, settings: core.LoraTrainSettings, generator: torch.Gener
     for m in modules:
         w = dm.get_submodule(m).weight
         up, down = core.init_lora_factors(generator, w.shape[0], w.shape[1], settings.rank)
-        adapter = LoraDiff((up, down, float(settings.rank), None, None, None))
+        adapter = comfy_adapter.get("LoraDiff")((up, down, float(settings.rank), None, None, None))
         adapter.requires_grad_(False)
         adapter.lora_up.weight.requires_grad_(True)
         adapter.lora_down.weight.requires_grad_(True)
@@ -261,7 +258,7 @@ class TrainingLog:
     skipped_steps: int = 0  # fp16 steps the gradient scaler skipped (inf/NaN gradients)
 
 
-class IdentityLoraSampler(comfy.samplers.Sampler):
+class IdentityLoraSampler(comfy_adapter.base_class("Sampler")):
     """The official training loop as a ComfyUI sampler (what the guider calls ``sample`` on).
 
     ``latent`` is the clean latent in VAE space [1, C, h, w]; every step draws crops, ε and t from
@@ -280,10 +277,10 @@ class IdentityLoraSampler(comfy.samplers.Sampler):
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
                disable_pbar=False):
         s = self.settings
-        inner = model_wrap.inner_model
+        inner = comfy_adapter.guider_base_model(model_wrap, NODE)
         ms = inner.model_sampling
         device = noise.device
-        model_wrap.conds = process_cond_list(model_wrap.conds)  # normal-tensor copies of the conds
+        comfy_adapter.copy_guider_conds(model_wrap, NODE)  # normal-tensor copies of the conds
         table = ms.sigmas.detach().to("cpu", torch.float32).clone()
         sigma_data = float(getattr(ms, "sigma_data", 1.0))
         x0_full = inner.process_latent_in(self.latent.to(device, torch.float32).clone())
@@ -355,7 +352,7 @@ def train_identity_lora(model, positive, samples: torch.Tensor, settings: core.L
         shape = (settings.batch_size, c, size, size)
         # everything else off the device first: training needs far more memory than inference
         comfy.model_management.load_models_gpu([mp], memory_required=1e20, force_full_load=True)
-        guider = TrainGuider(mp)
+        guider = comfy_adapter.get("TrainGuider")(mp)
         guider.set_conds(positive)
         table = ms.sigmas.detach().to("cpu", torch.float32).clone()
         sigmas = torch.cat([table.flip(0), table.new_zeros(1)])  # every training timestep, for patches that look

@@ -31,6 +31,7 @@ import comfy.utils
 
 from ..fastdrag_core import dragdiffusion as dd
 from ..fastdrag_core import points as core_points
+from . import comfy_adapter
 from .invert import check_latent, check_model_schedule
 from .model_support import SupportedModel, supported_model
 from .patches import zero_conditioning
@@ -243,7 +244,7 @@ def sample_dragdiffusion(model, x, sigmas, extra_args=None, callback=None, disab
     Optimises z_t (official: ``init_code``), with x_{t-1}(z) = sqrt(ᾱ_{t-1}) x̂0 + sqrt(1 - ᾱ_{t-1}) ε
     from ComfyUI's denoised x̂0 and ε = (x - x̂0)/σ_t. Returns the optimised x at σ_t."""
     extra_args = {} if extra_args is None else extra_args
-    base_model = model.inner_model.inner_model  # KSamplerX0Inpaint -> CFGGuider -> BaseModel
+    base_model = comfy_adapter.sampler_base_model(model, NODE)  # KSamplerX0Inpaint -> CFGGuider -> BaseModel
     device = x.device
     sigma, sigma_prev = float(sigmas[0]), float(sigmas[1])
     scale_in = math.sqrt(sigma * sigma + 1.0)

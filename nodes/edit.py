@@ -62,8 +62,9 @@ class FastDragEdit(io.ComfyNode):
                 io.Boolean.Input("consistency", default=True, optional=True,
                                  tooltip="Replace decoder self-attention K/V with the inversion's while "
                                          "sampling (FastDrag's consistency-preserving strategy)."),
-                io.Combo.Input("kv_device", options=["auto", "cpu"], default="auto", optional=True,
-                               tooltip="Where the captured K/V live (see FastDragInvert)."),
+                io.Combo.Input("kv_device", options=["auto", "cpu", "device"], default="auto", optional=True,
+                               tooltip="Where the captured K/V live (see FastDragInvert): auto = the GPU for "
+                                       "small stores, system memory for large ones."),
                 io.Combo.Input("task", options=TASKS, default="drag", optional=True,
                                tooltip="drag = FastDrag's drag (warp + fill); move object / copy object = the "
                                        "official object moving / copy: one drag, the mask is the object (see "

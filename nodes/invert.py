@@ -10,12 +10,12 @@ from comfy_api.latest import io, ui
 
 import comfy.model_management
 import comfy.sample
-import comfy.samplers
 import comfy.utils
 
 from ..fastdrag_core import ddim
 from ..fastdrag_core.dit_kv import DEFAULT_KEEP as DIT_DEFAULT_KEEP, KEEP_OPTIONS as DIT_KEEP_OPTIONS
-from ..fastdrag_core.kv import KVSchedule, KVStore
+from ..fastdrag_core.kv import KV_DEVICE_SHARE, KVSchedule, KVStore, format_bytes, keep_kv_on_device
+from . import comfy_adapter
 from .model_support import supported_model
 from .patches import INVERT_SAMPLER, KVRun, decoder_attn1_sites, patch_model, zero_conditioning
 from .types import LATENT_TAG, FastDragKV
@@ -36,7 +36,7 @@ def edit_schedule(ms, steps: int, strength: float, latent_shape, node: str = NOD
         k = ddim.inversion_steps(steps, strength)
     except ValueError as e:
         raise ValueError(f"{node}: {e}") from None
-    sig = comfy.samplers.calculate_sigmas(ms, "ddim_uniform", steps).cpu().float()
+    sig = comfy_adapter.get("calculate_sigmas")(ms, "ddim_uniform", steps).cpu().float()
     sig = sig[-(k + 1):]
     ts = [int(ms.timestep(s.reshape(1)).item()) for s in sig[:-1]]
     return KVSchedule(sigmas=tuple(float(s) for s in sig), timesteps=tuple(ts), steps=int(steps),
@@ -67,6 +67,34 @@ def _fits_on(device):
         return (comfy.model_management.get_free_memory(device)
                 > nbytes + comfy.model_management.minimum_inference_memory())
     return fits
+
+
+def _kv_placement(device):
+    """kv_device "auto": the store's home, decided once with the model loaded (fastdrag_core.kv.keep_kv_on_device)."""
+    def placement(projected: int) -> tuple[bool, str]:
+        free = comfy.model_management.get_free_memory(device)
+        reserve = comfy.model_management.minimum_inference_memory()
+        headroom = format_bytes(max(0, free - reserve))
+        if keep_kv_on_device(projected, free, reserve):
+            return True, (f"kv_device auto: kept on {device}, {format_bytes(projected)} is within "
+                          f"{KV_DEVICE_SHARE:.0%} of the {headroom} free there")
+        return False, (f"kv_device auto: kept in system memory, {format_bytes(projected)} is over "
+                       f"{KV_DEVICE_SHARE:.0%} of the {headroom} free on {device}, where the cached store would hold "
+                       "memory ComfyUI cannot free")
+    return placement
+
+
+def new_kv_store(model, kv_device: str, schedule: KVSchedule | None, steps: int) -> KVStore:
+    """The empty K/V store of one inversion, placed as ``kv_device`` says: cpu = system memory; device =
+    the compute device (spilling only to keep ComfyUI's inference reserve); auto = as device, with the
+    store's home decided once from its projected size over ``steps`` timesteps (``_kv_placement``)."""
+    on_device = torch.device(model.load_device).type != "cpu"
+    placement = _kv_placement(model.load_device) if kv_device == "auto" and on_device else None
+    if placement is not None and schedule is None and steps > 1:  # the store projects over 1 step then
+        placement = (lambda nbytes, decide=placement: decide(nbytes * steps))
+    return KVStore(schedule, dtype=torch.float16, device="cpu" if kv_device == "cpu" else None,
+                   fits=_fits_on(model.load_device) if kv_device != "cpu" and on_device else None,
+                   placement=placement)
 
 
 def warn_noise_mask(latent, node: str):
@@ -105,9 +133,12 @@ class FastDragInvert(io.ComfyNode):
                                        "negative pass). Use the same value in FastDragSample."),
                 io.Conditioning.Input("negative", optional=True,
                                       tooltip="Negative conditioning, used only when cfg != 1."),
-                io.Combo.Input("kv_device", options=["auto", "cpu"], default="auto", optional=True,
-                               tooltip="Where the captured K/V live: auto = the compute device (fastest), "
-                                       "cpu = system memory (saves GPU memory, slower sampling)."),
+                io.Combo.Input("kv_device", options=["auto", "cpu", "device"], default="auto", optional=True,
+                               tooltip="Where the captured K/V live while ComfyUI caches them (model management "
+                                       "cannot free them): auto = on the GPU if the store takes at most a quarter "
+                                       "of its free memory, else system memory (SDXL at 1024x1024 on 8-12 GB "
+                                       "cards); cpu = always system memory; device = always the GPU (fastest "
+                                       "re-drag). The node's text says where they went and why."),
                 io.Boolean.Input("capture_kv", default=True, optional=True,
                                  tooltip="Capture decoder K/V for FastDragSample (on by default). Off = invert "
                                          "only, returning an empty kv (DragDiffusion does not use it; saves "
@@ -130,12 +161,11 @@ class FastDragInvert(io.ComfyNode):
         sm = supported_model(model, NODE)  # refuses unsupported families before any work
         ms = sm.model_sampling
         samples = check_latent(latent, NODE)
-        samples = comfy.sample.fix_empty_latent_channels(model, samples)
+        samples = comfy_adapter.get("fix_empty_latent_channels")(model, samples)
         if sm.support.flow:  # Flux.1 / SD3.x: flow-ODE inversion, joint-attention K/V (nodes/dit.py)
             from .dit import invert_flow
             warn_noise_mask(latent, NODE)
-            store = KVStore(None, dtype=torch.float16, device="cpu" if kv_device == "cpu" else None,
-                            fits=_fits_on(model.load_device) if kv_device == "auto" else None)
+            store = new_kv_store(model, kv_device, None, max(1, round(strength * steps)))
             out_latent, store, msg = invert_flow(model, sm, positive, negative, latent, samples, steps, strength, cfg,
                                                  store, capture_kv, dit_kv, NODE)
             return io.NodeOutput(out_latent, store, ui=ui.PreviewText(msg))
@@ -144,8 +174,7 @@ class FastDragInvert(io.ComfyNode):
         # ascending: σ(t=0) (the official ᾱ_{-99} := ᾱ_0), σ(t_1), ..., σ(t_k)
         inv_sigmas = torch.tensor([float(ms.sigmas[0])] + list(sched.sigmas[:-1])[::-1])
 
-        store = KVStore(sched, dtype=torch.float16, device="cpu" if kv_device == "cpu" else None,
-                        fits=_fits_on(model.load_device) if kv_device == "auto" else None)
+        store = new_kv_store(model, kv_device, sched, k)
         run = KVRun("capture", store, sched)
         sites = decoder_attn1_sites(model, NODE) if capture_kv else []
         m = patch_model(model, run, sites, model_sampling=ms if sm.support.lcm else None)

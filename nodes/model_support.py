@@ -20,15 +20,14 @@ from dataclasses import dataclass
 
 import torch
 
-import comfy.model_sampling
-
+from . import comfy_adapter
 from ..fastdrag_core.model_support import LCM_NOTE, ModelDescription, Support, decide
 from .patches import decoder_attn1_sites
 
 log = logging.getLogger(__name__)
 
 
-class DiscreteEPS(comfy.model_sampling.ModelSamplingDiscrete, comfy.model_sampling.EPS):
+class DiscreteEPS(comfy_adapter.base_class("ModelSamplingDiscrete"), comfy_adapter.base_class("EPS")):
     """ComfyUI's plain discrete eps model sampling (what ``ModelSamplingDiscrete(sampling="eps")`` builds)."""
 
 

@@ -15,14 +15,12 @@ from typing import Optional
 
 import torch
 
-import comfy.ldm.modules.attention as comfy_attention
 import comfy.model_management
-import comfy.patcher_extension
 import comfy.samplers
-from comfy.ldm.modules.attention import SpatialTransformer
 
 from ..fastdrag_core import ddim
 from ..fastdrag_core.kv import InjectionStats, KVPolicy, KVSchedule, KVStore
+from . import comfy_adapter
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +37,10 @@ def decoder_attn1_sites(model_patcher, node: str) -> list[Site]:
         raise ValueError(f"{node}: this model ({type(dm).__name__}) has no UNet output blocks; FastDrag "
                          "needs an SD1.x-style UNet")
     sites = []
+    spatial_transformer = comfy_adapter.get("SpatialTransformer")
     for i, blk in enumerate(blocks):
         for layer in blk:
-            if isinstance(layer, SpatialTransformer):
+            if isinstance(layer, spatial_transformer):
                 sites += [("output", i, j) for j in range(len(layer.transformer_blocks))]
     if not sites:
         raise ValueError(f"{node}: no self-attention layers found in the UNet decoder of {type(dm).__name__}")
@@ -202,7 +201,7 @@ class ChainedAttn1Patch:
         chained = self.prev if self.prev is not None else self.run.block_replace(self.layer, self.block_prev)
         if chained is not None:
             return chained(q, k, v, extra_options)
-        return comfy_attention.optimized_attention(q, k, v, extra_options["n_heads"],
+        return comfy_adapter.get("optimized_attention")(q, k, v, extra_options["n_heads"],
                                                    attn_precision=extra_options.get("attn_precision"),
                                                    transformer_options=extra_options)
 
@@ -253,7 +252,7 @@ def install_attn1_patches(model_patcher, run: Attn1Run, sites: list[Site], make_
         if prev is not None or block_prev is not None:
             chained.append(site)
         m.set_model_attn1_replace(make_patch(site, prev, block_prev), *site)
-    m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, WRAPPER_KEY, Attn1PassWrapper(run))
+    m.add_wrapper_with_key(comfy_adapter.get("CALC_COND_BATCH"), WRAPPER_KEY, Attn1PassWrapper(run))
     if chained:
         log.info("[FastDrag] chaining the attn1 replace patches already on %d layers (e.g. %s): they run "
                  "with the K/V the pack chose", len(chained), chained[0])
@@ -340,7 +339,7 @@ def attn1_sites_in_call_order(model_patcher, node: str) -> list[Site]:
             if blk is None:
                 continue
             for layer in blk:
-                if isinstance(layer, SpatialTransformer):
+                if isinstance(layer, comfy_adapter.get("SpatialTransformer")):
                     sites += [(name, i, j) for j in range(len(layer.transformer_blocks))]
     return sites
 

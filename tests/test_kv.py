@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from fastdrag_core.kv import InjectionStats, KVPolicy, KVSchedule, KVStore
+from fastdrag_core.kv import KV_DEVICE_SHARE, InjectionStats, KVPolicy, KVSchedule, KVStore, keep_kv_on_device
 
 SCHED = KVSchedule(sigmas=(3.0, 2.0, 1.0, 0.0), timesteps=(301, 201, 101), steps=4, strength=0.75,
                    latent_shape=(1, 4, 8, 8))
@@ -173,6 +173,117 @@ def test_entries_that_do_not_fit_spill_to_cpu_from_cuda():
         s.capture("L", t, [0], k.cuda(), v.cuda())
     s.freeze()
     assert s.spilled == 3 and s.devices() == {"cpu", "cuda:0"} and "spilled to cpu" in s.describe()
+
+
+MiB, GiB = 2 ** 20, 2 ** 30
+
+
+def test_auto_keeps_small_stores_on_the_device_and_large_ones_off():
+    """kv_device auto, hand-worked with the store sizes derived from the real layer shapes (README: 184 MiB
+    for SD1.5 at 512^2, 1470 MiB for SDXL at 1024^2, cfg 1) and a 1 GiB inference reserve: a store may take a
+    quarter of the headroom free - reserve."""
+    assert KV_DEVICE_SHARE == 0.25
+    sd15, sdxl = 184 * MiB, 1470 * MiB
+    assert keep_kv_on_device(sd15, free_bytes=8 * GiB, reserve_bytes=1 * GiB)       # 184 MiB <= 1.75 GiB
+    assert keep_kv_on_device(sd15, free_bytes=int(1.75 * GiB), reserve_bytes=1 * GiB)  # <= 192 MiB
+    assert not keep_kv_on_device(sd15, free_bytes=int(1.7 * GiB), reserve_bytes=1 * GiB)  # > 179 MiB
+    assert not keep_kv_on_device(sdxl, free_bytes=6 * GiB, reserve_bytes=1 * GiB)   # 12 GB card: > 1.25 GiB
+    assert keep_kv_on_device(sdxl, free_bytes=14 * GiB, reserve_bytes=1 * GiB)      # 24 GB card: <= 3.25 GiB
+    assert not keep_kv_on_device(1, free_bytes=GiB // 2, reserve_bytes=GiB)         # free below the reserve
+    assert keep_kv_on_device(0, free_bytes=0, reserve_bytes=GiB)
+    assert keep_kv_on_device(100, free_bytes=100, reserve_bytes=0, share=1.0)
+    with pytest.raises(ValueError):
+        keep_kv_on_device(-1, free_bytes=GiB, reserve_bytes=0)
+
+
+def placed_store(keep, spill_device, steps=SCHED, first=(101,), dtype=torch.float16):
+    """A store with a recording placement; captures both layers at each timestep of ``first``."""
+    asked = []
+
+    def placement(projected):
+        asked.append(projected)
+        return keep, f"decided on {projected} bytes"
+
+    s = KVStore(steps, dtype=dtype, placement=placement, spill_device=spill_device)
+    for t in first:
+        for layer in LAYERS:
+            s.capture(layer, t, [0], *kv())
+    return s, asked
+
+
+def test_auto_decides_once_after_the_first_timestep_and_moves_the_store():
+    """The spill path without a GPU: the compute tensors are on the CPU, the spill target is the meta
+    device. The decision waits for the first timestep's entries (2 layers x K, V of [1, 16, 8] fp16 =
+    1024 bytes), projects them over the schedule's 3 timesteps, moves what is there and sends every
+    later entry to the target; the node's text says where and why."""
+    s, asked = placed_store(False, "meta")
+    assert asked == [] and s.devices() == {"cpu"}
+    s.capture(LAYERS[0], 201, [0], *kv())
+    assert asked == [3 * 1024] and s.moved == 4 and s.devices() == {"meta"}
+    s.capture(LAYERS[1], 201, [0], *kv())
+    s.capture(LAYERS[0], 301, [0], *kv())
+    s.freeze()
+    assert asked == [3 * 1024] and s.devices() == {"meta"} and len(s) == 5 and s.spilled == 0
+    assert s.placement is None and "(decided on 3072 bytes)" in s.describe() and "on meta" in s.describe()
+
+
+def test_auto_keeping_the_store_moves_nothing():
+    s, asked = placed_store(True, "meta", first=(101, 201, 301))
+    s.freeze()
+    assert asked == [3 * 1024] and s.moved == 0 and s.devices() == {"cpu"} and len(s) == 6
+    assert "(decided on 3072 bytes)" in s.describe()
+
+
+def test_auto_with_one_timestep_decides_at_freeze():
+    one = KVSchedule(sigmas=(3.0, 0.0), timesteps=(301,), steps=1, strength=1.0, latent_shape=(1, 4, 8, 8))
+    s, asked = placed_store(False, "meta", steps=one, first=(301,))
+    assert asked == []
+    s.freeze()
+    assert asked == [1024] and s.devices() == {"meta"} and s.moved == 4
+
+
+def test_a_fixed_device_is_never_placed():
+    asked = []
+    s = KVStore(SCHED, device="cpu", placement=lambda n: asked.append(n) or (False, "x"), spill_device="meta")
+    for t in SCHED.timesteps:
+        s.capture(LAYERS[0], t, [0], *kv())
+    s.freeze()
+    assert asked == [] and s.devices() == {"cpu"} and "(x)" not in s.describe()
+
+
+def test_a_moved_store_injects_the_captured_values():
+    """The move and injection path with values, on the CPU: the store holds fp16 copies, the placement
+    says system memory (spill target cpu: the move runs, here without changing the device), and the
+    policy hands the layers float32 K/V equal to the captured ones rounded to fp16."""
+    s = KVStore(SCHED, placement=lambda n: (False, "off the device"))
+    captured = {}
+    for t in SCHED.timesteps:
+        for layer in LAYERS:
+            k, v = kv()
+            captured[layer, t] = (k, v)
+            s.capture(layer, t, [0], k, v)
+    s.freeze()
+    assert s.devices() == {"cpu"} and s.device == torch.device("cpu") and "(off the device)" in s.describe()
+    stats = InjectionStats()
+    for (layer, t), (k, v) in captured.items():
+        own = torch.zeros(2, 16, 8, dtype=torch.float32)  # cond + uncond of the sampling batch
+        k2, v2 = KVPolicy().select(s, layer, t, [0, 1], own, own, stats)
+        assert k2.dtype == torch.float32 and k2.shape == own.shape
+        assert torch.equal(k2, k.half().float().expand(2, -1, -1)) and torch.equal(v2, v.half().float().expand(2, -1, -1))
+    assert (stats.hits, stats.fallbacks, stats.misses) == (6, 6, 0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the auto move: cuda -> cpu)")
+def test_auto_moves_a_large_store_from_cuda_to_cpu():
+    s = KVStore(SCHED, placement=lambda n: (False, "too large"))
+    for t in SCHED.timesteps:
+        k, v = kv()
+        s.capture(LAYERS[0], t, [0], k.cuda(), v.cuda())
+    s.freeze()
+    assert s.devices() == {"cpu"} and s.moved == 2
+    k2, _ = KVPolicy().select(s, LAYERS[0], 201, [0], torch.zeros(1, 16, 8, device="cuda"),
+                              torch.zeros(1, 16, 8, device="cuda"))
+    assert k2.device.type == "cuda"
 
 
 def test_first_write_wins_and_repeats_are_counted():

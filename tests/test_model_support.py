@@ -98,7 +98,7 @@ def test_lcm_is_accepted_as_plain_eps():
     (desc("SD15", X0, patched=True), ["predicts x0 directly", "ModelSamplingDiscrete(x0)"]),
     (desc("SD15", IMG2IMG, patched=True), ["img_to_img sampling"]),
     (desc("SD_X4Upscaler", VPRED, "SD_X4", attn1=9), ["uses SD_X4 latents"]),
-    (desc("PixArtAlpha", EPS, "SD15", attn1=0, denoiser="PixArtMS"), ["this PixArt-α model",
+    (desc("PixArtAlpha", EPS, "SD15", attn1=0, denoiser="PixArtMS"), ["this PixArt-alpha model",
                                                                       "no self-attention layers in a UNet decoder",
                                                                       "denoiser PixArtMS"]),
     (desc("Mystery", ("ModelSampling", "SomethingNew", "Module", "object")), ["unknown model sampling"]),

@@ -33,6 +33,23 @@ def load(path):
     return torch.load(path, weights_only=False)
 
 
+def assert_same_up_to_rounding(a, b, moved, what):
+    """``a`` and ``b`` come from the same computation on differently laid-out or differently cached weights.
+    With several threads, float32 sums of the UNet are taken in an order that depends on the thread count
+    and the weights' memory layout, so the two differ in their last bits, and Adam's normalised step
+    (m / sqrt(v)) turns that into up to ~1e-4 on elements whose gradient is near zero. Any difference in
+    behaviour (another setting, timestep or weight) changes the result by at least one whole Adam step,
+    a sizeable part of ``moved`` (how far the edit moved the latent). So: same shape, and no element
+    apart by more than 1% of ``moved``, nor the mean by more than 0.1%."""
+    assert a.shape == b.shape and torch.isfinite(a).all() and torch.isfinite(b).all()
+    gap, scale = (a - b).abs(), float(moved)
+    print(f"{what}: max |a - b| {float(gap.max()):.3g}, mean {float(gap.mean()):.3g}; the edit moved the latent by "
+          f"up to {scale:.3g}")
+    assert scale > 0, what
+    assert float(gap.max()) <= 1e-2 * scale and float(gap.mean()) <= 1e-3 * scale, \
+        (what, float(gap.max()), float(gap.mean()), scale)
+
+
 def dd_base(server) -> dict:
     ckpt = server.add_checkpoint("sd15_layout")
     server.write_input(IMG, pattern_png(SIZE, SIZE))
@@ -285,7 +302,7 @@ def test_drag_computes_no_weight_gradient(server, outdir):
     back as it found it (same tensors, same flags), and the result is the same."""
     p = dd_base(server)
     p["pts"] = points_node(points_json(DRAG, SIZE, SIZE))
-    f = {k: os.path.join(outdir, f"grads_{k}.pt") for k in ("t", "plain", "lt", "lp", "before")}
+    f = {k: os.path.join(outdir, f"grads_{k}.pt") for k in ("t", "plain", "lt", "lp", "before", "inv")}
     p["trainable"] = {"class_type": "FastDragTestTrainableWeights", "inputs": {"model": ["ckpt", 0]}}
     p["before"] = {"class_type": "FastDragTestParamState", "inputs": {"model": ["ckpt", 0], "path": f["before"]}}
     p["drag_t"] = drag_node(steps=2, model=("trainable", 0))
@@ -296,6 +313,7 @@ def test_drag_computes_no_weight_gradient(server, outdir):
                                                                 "path": f["plain"]}}
     p["s_t"] = save_node(f["lt"], latent=("drag_t", 0))
     p["s"] = save_node(f["lp"], latent=("drag", 0))
+    p["s_inv"] = save_node(f["inv"], latent=("inv", 0))
     entry = server.run(p)
     t, plain = load(f["t"]), load(f["plain"])
     assert t["total"] == plain["total"] > 100
@@ -307,14 +325,16 @@ def test_drag_computes_no_weight_gradient(server, outdir):
     assert plain["params"] == before["params"] and plain["inference"] > 0
     for node in ("drag_t", "drag"):
         assert "UNet weights requiring grad in the loop: 0 of" in drag_text(server, entry, node)
-    assert torch.equal(load(f["lt"])["latent"], load(f["lp"])["latent"])
+    lt, lp = load(f["lt"])["latent"], load(f["lp"])["latent"]
+    assert_same_up_to_rounding(lt, lp, (lp - load(f["inv"])["latent"]).abs().max(), "trainable vs inference weights")
 
 
 def test_edit_expands_into_the_stage_graph(dd_run):
     """DragDiffusionEdit (lora_steps 0) = VAEEncode -> FastDragInvert -> DragDiffusionDrag ->
     DragDiffusionSample -> VAEDecode with the same settings."""
     _, out, _ = dd_run
-    assert torch.equal(out["edit"]["latent"], out["samp"]["latent"])
+    edit, samp = out["edit"]["latent"], out["samp"]["latent"]
+    assert_same_up_to_rounding(edit, samp, (samp - out["plain"]["latent"]).abs().max(), "edit vs stages")
     assert out["edit"]["image"].shape == (1, SIZE, SIZE, 3)
 
 
@@ -389,11 +409,14 @@ def test_lcm_sampling_runs_as_plain_eps(server, outdir):
     for k in f:
         p["s_" + k] = save_node(f[k], latent=(k, 1))
         p["p_" + k] = {"class_type": "PreviewAny", "inputs": {"source": [k, 2]}}
+    f_enc = os.path.join(outdir, "enc.pt")
+    p["s_enc"] = save_node(f_enc, latent=("enc", 0))
     before = len(server.log_text())
     entry = server.run(p)
     log = server.log_text()[before:]
     plain, lcm = load(f["e"])["latent"], load(f["e_lcm"])["latent"]
-    assert torch.equal(plain, lcm), float((plain - lcm).abs().max())
+    # the LCM node's 50-entry table or boundary condition would change every step: far more than rounding
+    assert_same_up_to_rounding(plain, lcm, (plain - load(f_enc)["latent"]).abs().max(), "LCM vs plain")
     assert entry["outputs"]["p_e"]["text"] == entry["outputs"]["p_e_lcm"]["text"]  # same tracked points
     note = "LCM sampling detected: FastDrag runs the UNet as a plain eps model on the 1000-step DDIM schedule"
     for node in ("FastDragInvert", "DragDiffusionDrag", "DragDiffusionSample"):

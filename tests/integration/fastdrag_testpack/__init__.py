@@ -260,3 +260,7 @@ NODE_CLASS_MAPPINGS.update(_OBJECT_MOVE_NODES)
 from .flow_ref import NODE_CLASS_MAPPINGS as _FLOW_NODES  # noqa: E402  (Flux / SD3 references)
 
 NODE_CLASS_MAPPINGS.update(_FLOW_NODES)
+
+from .device_peak import NODE_CLASS_MAPPINGS as _PEAK_NODES  # noqa: E402  (benchmarks/device_check.py)
+
+NODE_CLASS_MAPPINGS.update(_PEAK_NODES)
