@@ -8,12 +8,14 @@ module runs it with ComfyUI's own training pieces, as ``comfy_extras/nodes_train
   of every attention module (``CrossAttention``: attn1 and attn2) of the UNet, nothing else. Each
   forward computes W' = W + (alpha/r) B A with alpha = r, i.e. W + B A as the official code.
 * ComfyUI loads weights under ``torch.inference_mode`` as Parameters that require grad; autograd
-  can neither save inference tensors for backward nor should it differentiate the base weights.
-  Every weight and bias of the UNet first goes through :class:`AutogradSafeWeight` (a detached,
-  ordinary tensor: ComfyUI's cast copies weights that have wrappers), and the LoRA adapter adds
-  B A to that. So the training holds one transient copy of the UNet weights per step (freed by
-  that step's backward), computes gradients for the LoRA factors only, and keeps nothing after
-  the node.
+  can neither save inference tensors for backward nor should it differentiate the base weights. For
+  the training loop only, :func:`fastdrag_core.frozen_weights.frozen_parameters` gives every UNet
+  parameter a stand-in on the same memory that is an ordinary tensor and requires no grad: no weight
+  is copied, the originals are back when the loop ends. The only weight-shaped tensors a step makes
+  are ComfyUI's cast of each adapted projection and its W + B A (the 128 attention projections, a
+  tenth of SD1.5's UNet), freed by that step's backward; nothing is kept after the node.
+* Gradients, loss scaling (float16 compute) and the skipped-step rule are the pack's one precision
+  rule, :class:`fastdrag_core.grad_step.GradientStep`, shared with DragDiffusionDrag.
 * The loop is a ``comfy.samplers.Sampler`` run by ComfyUI's ``TrainGuider`` (full load, cfg 1), so
   the conditioning machinery (SDXL's pooled/size conds included), model patches and wrappers apply.
 * The result is applied with ``comfy.sd.load_lora_for_models`` (the code path of core
@@ -44,6 +46,9 @@ from comfy.weight_adapter.lora import LoraDiff
 from comfy_extras.nodes_train import TrainGuider, process_cond_list
 
 from ..fastdrag_core import lora as core
+from ..fastdrag_core.frozen_weights import frozen_parameters
+from ..fastdrag_core.grad_step import GradientStep
+from .dragdiffusion import unet_compute_dtype
 from .invert import check_latent
 from .model_support import supported_model
 from .types import LATENT_TAG
@@ -106,26 +111,6 @@ def lora_file_path(save_name: str, node: str = NODE) -> str:
 # -- the trainable model -----------------------------------------------------------------------------------
 
 
-class AutogradSafeWeight(torch.nn.Module):
-    """Weight wrapper that makes a UNet weight a frozen, ordinary tensor for autograd.
-
-    ComfyUI's weights are inference tensors (autograd cannot save them for backward) and Parameters
-    with ``requires_grad=True`` (so the copy ComfyUI's cast makes would carry a gradient path back
-    into the shared model, computing and accumulating a gradient for every weight). ``detach`` cuts
-    that path without a copy; a clone is made only when the cast handed over the inference tensor
-    itself. The tensor lives from the forward to the backward of one step."""
-
-    def __call__(self, w):
-        w = w.detach()
-        return w.clone() if w.is_inference() else w
-
-    def passive_memory_usage(self):
-        return 0
-
-    def move_to(self, device):
-        return 0
-
-
 @dataclass
 class LoraLayer:
     """One trained projection: ComfyUI module name (inside ``diffusion_model``), file key prefix, adapter."""
@@ -179,21 +164,13 @@ def lora_keys(model, modules: list[str]) -> dict[str, str]:
 
 
 def install_lora(model, settings: core.LoraTrainSettings, generator: torch.Generator):
-    """A clone of ``model`` with AutogradSafeWeight on every UNet weight and bias, followed by a
-    trainable LoRA adapter on each attention projection; returns (clone, layers). Call outside
-    inference mode (the factors must be ordinary tensors)."""
+    """A clone of ``model`` with a trainable LoRA adapter (a weight wrapper, W' = W + B A) on each
+    attention projection; returns (clone, layers). Call outside inference mode (the factors must be
+    ordinary tensors)."""
     mp = model.clone()
     modules = attention_projections(mp)
     keys = lora_keys(mp, modules)
     dm = mp.get_model_object("diffusion_model")
-    safe = AutogradSafeWeight()
-    for name, mod in dm.named_modules():  # first in every wrapper list: W' = W + B A sees a frozen W
-        if not hasattr(mod, "weight_function"):
-            continue
-        if getattr(mod, "weight", None) is not None:
-            mp.add_weight_wrapper(f"diffusion_model.{name}.weight", safe)
-        if getattr(mod, "bias", None) is not None:
-            mp.add_weight_wrapper(f"diffusion_model.{name}.bias", safe)
     layers = []
     for m in modules:
         w = dm.get_submodule(m).weight
@@ -208,8 +185,8 @@ def install_lora(model, settings: core.LoraTrainSettings, generator: torch.Gener
 
 
 def release_base_gradients(model) -> int:
-    """Drop any gradient that reached the shared UNet weights (none should: every weight goes through
-    AutogradSafeWeight) and warn, so a layer that bypasses ComfyUI's weight functions cannot leave a
+    """Drop any gradient that reached the shared UNet weights (none should: the loop takes gradients of
+    the LoRA factors only, with the weights frozen) and warn, so a layer that bypasses ComfyUI's weight functions cannot leave a
     full-size gradient in the model; returns how many there were."""
     leaked = [p for p in model.get_model_object("diffusion_model").parameters() if p.grad is not None]
     for p in leaked:
@@ -221,8 +198,8 @@ def release_base_gradients(model) -> int:
 
 
 def compute_dtype(model) -> torch.dtype:
-    base = model.model
-    return getattr(base, "manual_cast_dtype", None) or base.get_dtype()
+    """The dtype the model's UNet computes in (:func:`nodes.dragdiffusion.unet_compute_dtype`)."""
+    return unet_compute_dtype(model.model)
 
 
 # -- the loop ----------------------------------------------------------------------------------------------
@@ -241,8 +218,10 @@ class IdentityLoraSampler(comfy.samplers.Sampler):
     ``latent`` is the clean latent in VAE space [1, C, h, w]; every step draws crops, ε and t from
     the CPU data ``generator`` (core.draw_step), forms x = x_0 + σ_t ε (σ_t = model_sampling.sigmas[t],
     x_0 in model space), asks the guider for D(x, σ_t) and takes one AdamW step on
-    core.noise_prediction_loss (= the official MSE of ε̂ or v̂). With a float16 model on CUDA the loss
-    is scaled by a GradScaler, as the official fp16 (accelerate) run does."""
+    core.noise_prediction_loss (= the official MSE of ε̂ or v̂), by the pack's precision rule
+    (:class:`fastdrag_core.grad_step.GradientStep`: loss scaling when the UNet computes in float16, on
+    any device, as the official fp16 run; a step skipped on inf / NaN gradients). The UNet's weights
+    are frozen stand-ins on their own memory for the loop (:func:`frozen_parameters`)."""
 
     def __init__(self, latent: torch.Tensor, layers: list[LoraLayer], settings: core.LoraTrainSettings,
                  prediction: str, generator: torch.Generator, dtype: torch.dtype,
@@ -262,13 +241,12 @@ class IdentityLoraSampler(comfy.samplers.Sampler):
         sigma_data = float(getattr(ms, "sigma_data", 1.0))
         x0_full = inner.process_latent_in(self.latent.to(device, torch.float32).clone())
         params = [p for layer in self.layers for p in layer.factors()]
-        opt = torch.optim.AdamW(params, lr=s.learning_rate, betas=core.ADAMW_BETAS,
-                                weight_decay=core.ADAMW_WEIGHT_DECAY, eps=core.ADAMW_EPS)
-        use_scaler = self.dtype == torch.float16 and device.type == "cuda"
-        scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)  # the official fp16 run scales the loss too
+        step_rule = GradientStep(torch.optim.AdamW(params, lr=s.learning_rate, betas=core.ADAMW_BETAS,
+                                                   weight_decay=core.ADAMW_WEIGHT_DECAY, eps=core.ADAMW_EPS),
+                                 params, self.dtype, device.type)
         pbar = comfy.utils.ProgressBar(s.steps)
         _, channels, h, w = x0_full.shape
-        with torch.enable_grad():
+        with torch.enable_grad(), frozen_parameters(inner.diffusion_model):
             for step in range(s.steps):
                 comfy.model_management.throw_exception_if_processing_interrupted()
                 t0 = time.perf_counter()
@@ -281,14 +259,11 @@ class IdentityLoraSampler(comfy.samplers.Sampler):
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"{NODE}: the loss became {loss.item()} at step {step + 1}; lower "
                                              f"learning_rate (now {s.learning_rate})")
-                scale_before = scaler.get_scale() if use_scaler else 1.0
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-                if use_scaler and scaler.get_scale() < scale_before:
+                if not step_rule(loss):
                     self.log.skipped_steps += 1
-                opt.zero_grad(set_to_none=True)
+                del denoised
                 value = float(loss.detach())
+                del loss
                 self.log.losses.append(value)
                 self.log.step_seconds.append(time.perf_counter() - t0)
                 if self.on_step is not None:

@@ -252,3 +252,7 @@ NODE_CLASS_MAPPINGS.update(_DRAGBENCH_REF_NODES)
 from .dragdiffusion_ref import NODE_CLASS_MAPPINGS as _DD_NODES  # noqa: E402
 
 NODE_CLASS_MAPPINGS.update(_DD_NODES)
+
+from .memory_probe import NODE_CLASS_MAPPINGS as _MEMORY_NODES  # noqa: E402  (live tensors, weights in the loops)
+
+NODE_CLASS_MAPPINGS.update(_MEMORY_NODES)
