@@ -106,7 +106,7 @@ def main():
             p = base("mem.png")
             p["lora"] = {"class_type": "DragDiffusionLoRA", "inputs": {
                 "model": ["ckpt", 0], "positive": ["pos", 0], "latent": ["enc", 0], "steps": args.lora_steps,
-                "learning_rate": 5e-4, "rank": 16, "batch_size": 1, "seed": i}}
+                "learning_rate": 5e-4, "rank": 16, "batch_size": 1, "seed": i + 1}}
             return p
 
         srv.write_input("mem.png", pattern_png(s, s))
