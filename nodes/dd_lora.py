@@ -3,17 +3,18 @@
 The maths (crops, random draws, factor init, alpha convention, loss) is ``fastdrag_core.lora``; this
 module runs it with ComfyUI's own training pieces, as ``comfy_extras/nodes_train.py::TrainLoraNode``:
 
-* The trainable layers are ``comfy.weight_adapter.lora.LoraDiff`` modules installed with
-  ``ModelPatcher.add_weight_wrapper`` on a clone, on ``to_q``, ``to_k``, ``to_v`` and ``to_out.0``
-  of every attention module (``CrossAttention``: attn1 and attn2) of the UNet, nothing else. Each
-  forward computes W' = W + (alpha/r) B A with alpha = r, i.e. W + B A as the official code.
+* The trainable layers sit on ``to_q``, ``to_k``, ``to_v`` and ``to_out.0`` of every attention module
+  (``CrossAttention``: attn1 and attn2) of the UNet, nothing else: W' = W + (alpha/r) B A with alpha = r,
+  i.e. W + B A as the official code. For the training loop only, each projection gets a forward hook
+  that adds B (A x) to its output (:class:`LoraBranch`, ``core.lora_branch``): the same layer, computed
+  on the activations, so no step forms a weight-sized W' (ComfyUI's ``LoraDiff`` weight adapter would
+  form, and keep for the backward pass, W + B A of all 128 projections at every step, and ComfyUI's
+  cast would copy each W first). The hooks are removed when the loop ends, on every path out.
 * ComfyUI loads weights under ``torch.inference_mode`` as Parameters that require grad; autograd
   can neither save inference tensors for backward nor should it differentiate the base weights. For
   the training loop only, :func:`fastdrag_core.frozen_weights.frozen_parameters` gives every UNet
   parameter a stand-in on the same memory that is an ordinary tensor and requires no grad: no weight
-  is copied, the originals are back when the loop ends. The only weight-shaped tensors a step makes
-  are ComfyUI's cast of each adapted projection and its W + B A (the 128 attention projections, a
-  tenth of SD1.5's UNet), freed by that step's backward; nothing is kept after the node.
+  is copied, the originals are back when the loop ends, and nothing is kept after the node.
 * Gradients, loss scaling (float16 compute) and the skipped-step rule are the pack's one precision
   rule, :class:`fastdrag_core.grad_step.GradientStep`, shared with DragDiffusionDrag.
 * The loop is a ``comfy.samplers.Sampler`` run by ComfyUI's ``TrainGuider`` (full load, cfg 1), so
@@ -25,6 +26,7 @@ module runs it with ComfyUI's own training pieces, as ``comfy_extras/nodes_train
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -42,7 +44,6 @@ import comfy.sd
 import comfy.utils
 import folder_paths
 from comfy.ldm.modules.attention import CrossAttention
-from comfy.weight_adapter.lora import LoraDiff
 from comfy_extras.nodes_train import TrainGuider, process_cond_list
 
 from ..fastdrag_core import lora as core
@@ -111,16 +112,46 @@ def lora_file_path(save_name: str, node: str = NODE) -> str:
 # -- the trainable model -----------------------------------------------------------------------------------
 
 
+class LoraBranch(torch.nn.Module):
+    """The trainable factors of one projection, B = ``lora_up`` [out, r] and A = ``lora_down`` [r, in]
+    (float32 masters), and the forward hook that adds ΔW x = B (A x) (``core.lora_branch``, alpha = r)
+    to the projection's output, in the dtype the UNet computes in."""
+
+    def __init__(self, up: torch.Tensor, down: torch.Tensor):
+        super().__init__()
+        self.lora_up = torch.nn.Parameter(up.detach().clone())
+        self.lora_down = torch.nn.Parameter(down.detach().clone())
+
+    def add_to_output(self, module, args, output):
+        x = args[0]
+        delta = core.lora_branch(x, self.lora_up.to(x.dtype), self.lora_down.to(x.dtype),
+                                 alpha=float(self.lora_down.shape[0]))
+        return output + delta.to(output.dtype)
+
+
 @dataclass
 class LoraLayer:
-    """One trained projection: ComfyUI module name (inside ``diffusion_model``), file key prefix, adapter."""
+    """One trained projection: ComfyUI module name (inside ``diffusion_model``), file key prefix, factors."""
 
     module: str
     key: str
-    adapter: LoraDiff
+    branch: LoraBranch
 
     def factors(self) -> tuple[torch.nn.Parameter, torch.nn.Parameter]:
-        return self.adapter.lora_up.weight, self.adapter.lora_down.weight
+        return self.branch.lora_up, self.branch.lora_down
+
+
+@contextlib.contextmanager
+def lora_branches(diffusion_model: torch.nn.Module, layers: list[LoraLayer]):
+    """Each layer's branch hooked onto its projection of ``diffusion_model`` inside the block only."""
+    handles = []
+    try:
+        for layer in layers:
+            handles.append(diffusion_model.get_submodule(layer.module).register_forward_hook(layer.branch.add_to_output))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def attention_projections(model) -> list[str]:
@@ -164,9 +195,10 @@ def lora_keys(model, modules: list[str]) -> dict[str, str]:
 
 
 def install_lora(model, settings: core.LoraTrainSettings, generator: torch.Generator):
-    """A clone of ``model`` with a trainable LoRA adapter (a weight wrapper, W' = W + B A) on each
-    attention projection; returns (clone, layers). Call outside inference mode (the factors must be
-    ordinary tensors)."""
+    """A clone of ``model`` to train on, and the LoRA layers (factors initialised as the official code)
+    of its attention projections; returns (clone, layers). The branches are hooked onto the UNet by the
+    training loop (:func:`lora_branches`). Call outside inference mode (the factors must be ordinary
+    tensors)."""
     mp = model.clone()
     modules = attention_projections(mp)
     keys = lora_keys(mp, modules)
@@ -175,12 +207,7 @@ def install_lora(model, settings: core.LoraTrainSettings, generator: torch.Gener
     for m in modules:
         w = dm.get_submodule(m).weight
         up, down = core.init_lora_factors(generator, w.shape[0], w.shape[1], settings.rank)
-        adapter = LoraDiff((up, down, float(settings.rank), None, None, None))
-        adapter.requires_grad_(False)
-        adapter.lora_up.weight.requires_grad_(True)
-        adapter.lora_down.weight.requires_grad_(True)
-        mp.add_weight_wrapper(f"diffusion_model.{m}.weight", adapter)
-        layers.append(LoraLayer(m, keys[m], adapter))
+        layers.append(LoraLayer(m, keys[m], LoraBranch(up, down)))
     return mp, layers
 
 
@@ -221,7 +248,8 @@ class IdentityLoraSampler(comfy.samplers.Sampler):
     core.noise_prediction_loss (= the official MSE of ε̂ or v̂), by the pack's precision rule
     (:class:`fastdrag_core.grad_step.GradientStep`: loss scaling when the UNet computes in float16, on
     any device, as the official fp16 run; a step skipped on inf / NaN gradients). The UNet's weights
-    are frozen stand-ins on their own memory for the loop (:func:`frozen_parameters`)."""
+    are frozen stand-ins on their own memory for the loop (:func:`frozen_parameters`) and the LoRA
+    branches are hooked onto the projections (:func:`lora_branches`)."""
 
     def __init__(self, latent: torch.Tensor, layers: list[LoraLayer], settings: core.LoraTrainSettings,
                  prediction: str, generator: torch.Generator, dtype: torch.dtype,
@@ -246,7 +274,8 @@ class IdentityLoraSampler(comfy.samplers.Sampler):
                                  params, self.dtype, device.type)
         pbar = comfy.utils.ProgressBar(s.steps)
         _, channels, h, w = x0_full.shape
-        with torch.enable_grad(), frozen_parameters(inner.diffusion_model):
+        with torch.enable_grad(), frozen_parameters(inner.diffusion_model), \
+                lora_branches(inner.diffusion_model, self.layers):
             for step in range(s.steps):
                 comfy.model_management.throw_exception_if_processing_interrupted()
                 t0 = time.perf_counter()
@@ -312,7 +341,7 @@ def train_identity_lora(model, positive, samples: torch.Tensor, settings: core.L
             guider.sample(torch.zeros(shape), torch.zeros(shape), sampler, sigmas, seed=settings.seed)
         finally:
             for layer in layers:
-                layer.adapter.requires_grad_(False)
+                layer.branch.requires_grad_(False)
             release_base_gradients(mp)
         state = {}
         for layer in layers:

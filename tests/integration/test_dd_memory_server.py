@@ -62,11 +62,12 @@ def test_drag_uses_the_loaded_weights_and_leaves_no_tensor_behind(server, tmp_pa
     assert live[1] - live[0] < 2 ** 20 and live[2] - live[1] < 2 ** 20, f"live tensor bytes per run: {live}"
 
 
-def test_lora_uses_the_loaded_weights_and_adapts_only_the_projections(server, tmp_path):
-    """DragDiffusionLoRA: inside the training loop every UNet weight is the loaded one (no copy), and
-    weight functions sit on the attention projections only (ComfyUI's cast copies a weight with a
-    weight function at every call: before, every weight and bias of the UNet had one)."""
-    f = {k: str(tmp_path / f"{k}.pt") for k in ("probe", "ptrs", "live0", "live1")}
+def test_lora_uses_the_loaded_weights_and_adds_its_branch_on_the_projections(server, tmp_path):
+    """DragDiffusionLoRA: inside the training loop every UNet weight is the loaded one (no copy), no
+    module has a weight function (ComfyUI's cast copies such a weight at every call, and a weight
+    adapter forms W + B A: before, every weight and bias had one), and the LoRA's branch is hooked onto
+    exactly the attention projections; after the node, no hook is left on the model."""
+    f = {k: str(tmp_path / f"{k}.pt") for k in ("probe", "ptrs", "after")}
     p = dd_base(server)
     p["probe"] = probe_node(f["probe"])
     p["ptrs"] = {"class_type": "FastDragTestWeightPointers",
@@ -74,11 +75,17 @@ def test_lora_uses_the_loaded_weights_and_adapts_only_the_projections(server, tm
     p["lora"] = {"class_type": "DragDiffusionLoRA", "inputs": {
         "model": ["probe", 0], "positive": ["pos", 0], "latent": ["enc", 0], "steps": 2, "learning_rate": 5e-3,
         "rank": 4, "batch_size": 1, "seed": 3}}
+    p["after"] = probe_node(f["after"], model=("lora", 0))  # a model evaluated with grad after the LoRA
+    p["drag"] = drag_node(steps=1, model=("after", 0))
+    p["pts"] = points_node(points_json(DRAG, SIZE, SIZE))
+    p["out"] = live_node(str(tmp_path / "live.pt"), ("drag", 0))
     server.run(p)
     probe, pointers = load(f["probe"]), load(f["ptrs"])
     assert_loaded_weights_used_in_place(probe, pointers)
-    adapted = probe["with_weight_function"]
-    assert len(adapted) == LAYERS_LAYOUT and all(n.rsplit(".", 2)[-2:] in (["attn1", "to_q"], ["attn1", "to_k"],
-                                                 ["attn1", "to_v"], ["attn2", "to_q"], ["attn2", "to_k"],
-                                                 ["attn2", "to_v"]) or n.endswith(".to_out.0") for n in adapted), adapted[:5]
-    assert probe["with_bias_function"] == []
+    assert probe["with_weight_function"] == [] and probe["with_bias_function"] == []
+    hooked = probe["with_forward_hook"]
+    assert len(hooked) == LAYERS_LAYOUT, hooked[:5]
+    assert all(n.split(".")[-2] in ("attn1", "attn2") and n.split(".")[-1] in ("to_q", "to_k", "to_v")
+               or n.endswith((".attn1.to_out.0", ".attn2.to_out.0")) for n in hooked), hooked
+    # the trained model (the LoRA as ComfyUI's weight patch) in the next gradient loop: no hook left over
+    assert load(f["after"])["with_forward_hook"] == []

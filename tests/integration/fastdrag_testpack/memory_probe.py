@@ -51,8 +51,9 @@ class FastDragTestLiveTensors:
 class FastDragTestWeightProbe:
     """A clone of ``model`` with a model-function wrapper that, at the first UNet evaluation with
     gradients enabled, records for every UNet parameter whether it is an inference tensor, requires
-    grad, and shares the memory of the weight the loaded model holds outside the loop; and which
-    modules carry weight functions (ComfyUI copies such a weight at every call). Saved to ``path``."""
+    grad, and shares the memory of the weight the loaded model holds outside the loop; which modules
+    carry weight functions (ComfyUI copies such a weight at every call) and which forward hooks.
+    Saved to ``path``."""
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -78,7 +79,8 @@ class FastDragTestWeightProbe:
                         "with_weight_function": sorted(n for n, mod in dm.named_modules()
                                                        if getattr(mod, "weight_function", None)),
                         "with_bias_function": sorted(n for n, mod in dm.named_modules()
-                                                     if getattr(mod, "bias_function", None))}
+                                                     if getattr(mod, "bias_function", None)),
+                        "with_forward_hook": sorted(n for n, mod in dm.named_modules() if mod._forward_hooks)}
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 torch.save(info, path)
             return apply_model(args["input"], args["timestep"], **args["c"])
