@@ -58,6 +58,7 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--drag-steps", type=int, default=3)
     ap.add_argument("--lora-steps", type=int, default=2)
+    ap.add_argument("--nodes", default="lora,drag", help="what to measure besides KSampler: lora, drag (comma-separated)")
     ap.add_argument("--extra", action="append", default=[], help="extra ComfyUI argument (repeatable)")
     args = ap.parse_args()
     root, reason = find_comfyui()
@@ -111,9 +112,12 @@ def main():
 
         srv.write_input("mem.png", pattern_png(s, s))
         rows = {}
-        for name, graph in (("KSampler (1 step)", ksampler),
-                            (f"DragDiffusionLoRA ({args.lora_steps} steps, batch 1)", lora),
-                            (f"DragDiffusionDrag ({args.drag_steps} it)", drag)):
+        phases = [("KSampler (1 step)", ksampler)]
+        if "lora" in args.nodes:
+            phases.append((f"DragDiffusionLoRA ({args.lora_steps} steps, batch 1)", lora))
+        if "drag" in args.nodes:
+            phases.append((f"DragDiffusionDrag ({args.drag_steps} it)", drag))
+        for name, graph in phases:
             srv.run(graph(-1), timeout=7200)  # warm-up: loads, the inversion (cached afterwards)
             peaks, after = [], []
             for i in range(args.runs):
