@@ -10,8 +10,9 @@ Prints, from one server run (both sides under the same load):
 * the same drag iteration on the model with its UNet weights as a GPU load leaves them: ordinary tensors
   that require grad (test-pack node ``FastDragTestTrainableWeights``; a CPU load never gets there); the
   loop must compute no weight gradient in either case (the node says how many weights required grad);
-* the memory held during the drag loop: activations autograd keeps for the backward pass (all
-  devices), the weights cloned for the loop, and on CUDA the loop's peak allocation;
+* the weights the loop copied (the node's own report; 0 MiB: the UNet's weights are used in place;
+  the loop's memory against a plain KSampler, read from the server process, is
+  ``bench_dd_memory.py``'s);
 * the whole ``DragDiffusionEdit`` (lora_steps 0; the LoRA is timed by its own benchmark) against
   ``FastDragEdit`` on new images, medians of ``--runs``.
 
@@ -112,12 +113,7 @@ def main():
             p["out"] = {"class_type": "PreviewImage", "inputs": {"images": ["edit", 0]}}
             return p
 
-        iter_s, iter_t, fwdbwd_s, mem, mem_t, cloned, dd_edit, fd_edit = [], [], [], [], [], [], [], []
-
-        def held(text):
-            h = re.search(r"activations held for backward (\S+ MiB)", text).group(1)
-            m = re.search(r"peak memory of the loop (\S+ MiB)", text)
-            return f"{h} activations" + (f", {m.group(1)} peak (CUDA)" if m else "")
+        iter_s, iter_t, fwdbwd_s, copied, dd_edit, fd_edit = [], [], [], [], [], []
 
         for i in range(args.runs + 1):  # run 0 = warm-up (model load), not counted
             img = f"bench_dd_{i}.png"
@@ -134,9 +130,7 @@ def main():
                 iter_s.append(float(re.search(r"([\d.]+) s/iteration", text).group(1)))
                 iter_t.append(float(re.search(r"([\d.]+) s/iteration", text_t).group(1)))
                 fwdbwd_s.append(float(re.search(r"median ([\d.]+) s", fb).group(1)))
-                mem.append(held(text))
-                mem_t.append(held(text_t))
-                cloned.append(re.search(r"weights cloned for the loop (\S+ MiB)", text).group(1))
+                copied.append(re.search(r"weights copied for the loop (\S+ MiB)", text).group(1))
                 if not args.loop_only:
                     dd_edit.append(t_dd)
                     fd_edit.append(t_fd)
@@ -156,8 +150,7 @@ def main():
         print(f"{'FastDragEdit (' + str(args.fd_steps) + ' steps x ' + str(args.fd_strength) + ')':<62}{fdm:>10.3f}{1.0:>8.2f}")
         print(f"{'DragDiffusionEdit (' + str(args.dd_steps) + ' x ' + str(args.dd_strength) + ', ' + str(args.drag_steps) + ' drag steps, no LoRA)':<62}"
               f"{ddm:>10.3f}{ddm / fdm:>8.2f}")
-    print(f"memory held during the drag loop: {'; '.join(mem)}; weights cloned for the loop: {cloned[-1]}")
-    print(f"the same with weights requiring grad: {'; '.join(mem_t)}")
+    print(f"weights copied for the drag loop: {copied[-1]}")
     print("last drag status:", last)
     print("last drag status, weights requiring grad:", last_t)
     print("all runs (s): iteration", iter_s, "weights requiring grad", iter_t, "fwd+bwd", fwdbwd_s,

@@ -7,7 +7,8 @@ server) and prints, from one run:
 * the median time of a LoRA training step (the node's loop: crops, noise, ComfyUI's guider + model
   with the weight adapters, loss, backward, AdamW), the first step left out as warm-up;
 * the median time of one forward + backward of the same UNet at the same batch and crop size, with
-  ordinary (non-inference) weights and the gradient taken w.r.t. the input only (the least any
+  ordinary (non-inference) weights on the loaded model's memory and the gradient taken w.r.t. the
+  input only (the least any
   gradient step can cost), run after every training step so that both see the same machine load;
   and the ratio of the two;
 * the time of the default 80 steps (measured when ``--steps 80``, else first step + 79 x median),
@@ -137,8 +138,12 @@ def main():
     dtype = dd_lora.compute_dtype(model)
 
     s = latent.shape[-1]
+    frozen = importlib.import_module("fastdrag_pack.fastdrag_core.frozen_weights")
     with torch.inference_mode(False):
-        plain = copy.deepcopy(dm).requires_grad_(False)  # normal tensors: autograd may save them
+        # a second module object on the same weight memory (ordinary, frozen tensors: autograd may save
+        # them), without the LoRA's weight wrappers, so the plain pass costs no weight copy either
+        shared = {id(p): torch.nn.Parameter(frozen.ordinary_alias(p), requires_grad=False) for p in dm.parameters()}
+        plain = copy.deepcopy(dm, shared)
         ctx = positive[0][0].to(dev, dtype).clone().repeat(args.batch, 1, 1)
     extra = {}
     if getattr(plain, "num_classes", None) is not None:  # SDXL-style adm input

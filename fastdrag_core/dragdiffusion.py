@@ -37,6 +37,8 @@ from typing import Callable, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from .grad_step import GradientStep
+
 __all__ = [
     "DragSettings",
     "DragResult",
@@ -97,6 +99,7 @@ class DragResult:
         losses: loss of every iteration that took an optimiser step.
         iterations: UNet forwards run; ``steps_taken`` = optimiser steps (``len(losses)``).
         reached: whether the stop rule ended the loop (all handles within ``reach``).
+        skipped_steps: steps skipped for inf / NaN gradients (float16 compute only, see ``grad_step``).
     """
 
     z: torch.Tensor
@@ -105,6 +108,7 @@ class DragResult:
     losses: list = field(default_factory=list)
     iterations: int = 0
     reached: bool = False
+    skipped_steps: int = 0
 
     @property
     def steps_taken(self) -> int:
@@ -291,14 +295,16 @@ Forward = Callable[[torch.Tensor], tuple]
 
 def optimise_latent(forward: Forward, z: torch.Tensor, handles: torch.Tensor, targets: torch.Tensor,
                     mask_latent: Optional[torch.Tensor], settings: DragSettings = DragSettings(), *,
-                    reference: Optional[torch.Tensor] = None, grad_scaler=None,
+                    reference: Optional[torch.Tensor] = None, compute_dtype: torch.dtype = torch.float32,
                     on_iteration: Optional[Callable[[int, "DragResult"], None]] = None) -> DragResult:
     """DragDiffusion's latent optimisation (official ``drag_diffusion_update``, real-image path).
 
     Each iteration: ``x_prev, feat = forward(z)``; from the second iteration on, track the handles;
-    stop if all reached; else loss = L_ms (+ mask term) and one Adam step on z. The gradient is taken
-    with respect to z alone (``torch.autograd.grad``): parameters of the network behind ``forward``
-    get no gradient and no ``.grad``, whether or not they require grad.
+    stop if all reached; else loss = L_ms (+ mask term) and one Adam step on z, by the pack's precision
+    rule (:class:`fastdrag_core.grad_step.GradientStep`: float32 z, loss scaling when the network
+    computes in float16, a step skipped on inf / NaN gradients). The gradient is taken with respect to
+    z alone: parameters of the network behind ``forward`` get no gradient and no ``.grad``, whether or
+    not they require grad.
 
     F(z_0) and x_{t-1}(z_0) are the first iteration's own outputs (detached): with no reference they
     come from the very computation the loop repeats, so the first mask-term gradient is exactly zero.
@@ -311,7 +317,7 @@ def optimise_latent(forward: Forward, z: torch.Tensor, handles: torch.Tensor, ta
         reference: optional unedited z_0 (e.g. when ``z`` was already warped by FastDrag): F(z_0)
             and x_{t-1}(z_0) come from it, and the first iteration tracks every handle in the box
             spanning its start and its target (grown by r_p), since the content may already have moved.
-        grad_scaler: optional ``torch.amp.GradScaler`` (half-precision UNets).
+        compute_dtype: the dtype the network behind ``forward`` computes in (float16: loss scaling).
         on_iteration: ``on_iteration(i, partial_result)`` after every iteration (progress, cancel).
     """
     if z.dim() != 4 or z.shape[0] != 1:
@@ -323,7 +329,7 @@ def optimise_latent(forward: Forward, z: torch.Tensor, handles: torch.Tensor, ta
     handles_init = handles.clone()
     work_dtype = torch.float64 if z.dtype == torch.float64 else torch.float32
     code = z.detach().to(work_dtype).clone().requires_grad_(True)
-    optimizer = torch.optim.Adam([code], lr=settings.lr)
+    step_rule = GradientStep(torch.optim.Adam([code], lr=settings.lr), [code], compute_dtype, code.device.type)
     using_mask = mask_latent is not None and bool(mask_latent.any())
     result = DragResult(z=z.detach(), handles=handles.clone(), history=[handles.clone()])
 
@@ -357,16 +363,10 @@ def optimise_latent(forward: Forward, z: torch.Tensor, handles: torch.Tensor, ta
             loss = loss + mask_regulariser(x_prev, x_prev_0, mask_latent, settings.lam)
         if not isinstance(loss, torch.Tensor):  # nothing to pull and no mask term
             break
-        # the gradient of z only: no other leaf of the forward (e.g. a model weight that requires grad)
-        # gets a gradient computed or a .grad written
-        (code.grad,) = torch.autograd.grad(grad_scaler.scale(loss) if grad_scaler is not None else loss, [code])
-        if grad_scaler is not None:
-            grad_scaler.step(optimizer)
-            grad_scaler.update()
+        if step_rule(loss):
+            result.losses.append(float(loss.detach()))
         else:
-            optimizer.step()
-        optimizer.zero_grad()
-        result.losses.append(float(loss.detach()))
+            result.skipped_steps += 1
         del x_prev, feat, loss
         if on_iteration is not None:
             on_iteration(step, result)

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 
 __all__ = [
     "ADAMW_BETAS",
@@ -48,6 +49,7 @@ __all__ = [
     "init_lora_factors",
     "lora_scale",
     "lora_delta",
+    "lora_branch",
     "lora_file_entries",
     "loss_weights",
     "noise_prediction_loss",
@@ -205,6 +207,15 @@ def lora_delta(up: torch.Tensor, down: torch.Tensor, alpha: Optional[float] = No
     if up.dim() != 2 or down.dim() != 2 or up.shape[1] != down.shape[0]:
         raise ValueError(f"up [out, r] and down [r, in] do not match: {list(up.shape)} and {list(down.shape)}")
     return lora_scale(alpha, down.shape[0]) * (up @ down)
+
+
+def lora_branch(x: torch.Tensor, up: torch.Tensor, down: torch.Tensor, alpha: Optional[float] = None) -> torch.Tensor:
+    """ΔW x = lora_scale(alpha, r) · B (A x) for inputs x [..., in]: what the LoRA adds to a projection's
+    output, W' x = W x + ΔW x, computed on the activations (two rank-r products) instead of forming the
+    weight-sized W' = W + B A. Computed in the dtype of the arguments."""
+    if up.dim() != 2 or down.dim() != 2 or up.shape[1] != down.shape[0] or x.shape[-1] != down.shape[1]:
+        raise ValueError(f"x [..., {x.shape[-1]}], up {list(up.shape)} and down {list(down.shape)} do not match")
+    return lora_scale(alpha, down.shape[0]) * F.linear(F.linear(x, down), up)
 
 
 def lora_file_entries(prefix: str, up: torch.Tensor, down: torch.Tensor) -> dict[str, torch.Tensor]:

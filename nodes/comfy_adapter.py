@@ -57,8 +57,6 @@ INTERNALS: dict[str, Internal] = {
     # copier it runs before training; the identity LoRA trains through both. Checked: v0.8.0 (fc0cb10).
     "TrainGuider": Internal("comfy_extras.nodes_train", "TrainGuider", LORA_NODES),
     "process_cond_list": Internal("comfy_extras.nodes_train", "process_cond_list", LORA_NODES),
-    # the trainable LoRA weight adapter (comfy/weight_adapter/lora.py). Checked: v0.8.0 (fc0cb10).
-    "LoraDiff": Internal("comfy.weight_adapter.lora", "LoraDiff", LORA_NODES),
     # the sampler base class TrainGuider runs (comfy/samplers.py). Checked: v0.8.0 (fc0cb10).
     "Sampler": Internal("comfy.samplers", "Sampler", LORA_NODES),
     # ComfyUI's LoRA key map and diffusers names, to write kohya keys (comfy/lora.py, comfy/utils.py).

@@ -3,17 +3,20 @@
 The maths (crops, random draws, factor init, alpha convention, loss) is ``fastdrag_core.lora``; this
 module runs it with ComfyUI's own training pieces, as ``comfy_extras/nodes_train.py::TrainLoraNode``:
 
-* The trainable layers are ``comfy.weight_adapter.lora.LoraDiff`` modules installed with
-  ``ModelPatcher.add_weight_wrapper`` on a clone, on ``to_q``, ``to_k``, ``to_v`` and ``to_out.0``
-  of every attention module (``CrossAttention``: attn1 and attn2) of the UNet, nothing else. Each
-  forward computes W' = W + (alpha/r) B A with alpha = r, i.e. W + B A as the official code.
+* The trainable layers sit on ``to_q``, ``to_k``, ``to_v`` and ``to_out.0`` of every attention module
+  (``CrossAttention``: attn1 and attn2) of the UNet, nothing else: W' = W + (alpha/r) B A with alpha = r,
+  i.e. W + B A as the official code. For the training loop only, each projection gets a forward hook
+  that adds B (A x) to its output (:class:`LoraBranch`, ``core.lora_branch``): the same layer, computed
+  on the activations, so no step forms a weight-sized W' (ComfyUI's ``LoraDiff`` weight adapter would
+  form, and keep for the backward pass, W + B A of all 128 projections at every step, and ComfyUI's
+  cast would copy each W first). The hooks are removed when the loop ends, on every path out.
 * ComfyUI loads weights under ``torch.inference_mode`` as Parameters that require grad; autograd
-  can neither save inference tensors for backward nor should it differentiate the base weights.
-  Every weight and bias of the UNet first goes through :class:`AutogradSafeWeight` (a detached,
-  ordinary tensor: ComfyUI's cast copies weights that have wrappers), and the LoRA adapter adds
-  B A to that. So the training holds one transient copy of the UNet weights per step (freed by
-  that step's backward), computes gradients for the LoRA factors only, and keeps nothing after
-  the node.
+  can neither save inference tensors for backward nor should it differentiate the base weights. For
+  the training loop only, :func:`fastdrag_core.frozen_weights.frozen_parameters` gives every UNet
+  parameter a stand-in on the same memory that is an ordinary tensor and requires no grad: no weight
+  is copied, the originals are back when the loop ends, and nothing is kept after the node.
+* Gradients, loss scaling (float16 compute) and the skipped-step rule are the pack's one precision
+  rule, :class:`fastdrag_core.grad_step.GradientStep`, shared with DragDiffusionDrag.
 * The loop is a ``comfy.samplers.Sampler`` run by ComfyUI's ``TrainGuider`` (full load, cfg 1), so
   the conditioning machinery (SDXL's pooled/size conds included), model patches and wrappers apply.
 * The result is applied with ``comfy.sd.load_lora_for_models`` (the code path of core
@@ -23,6 +26,7 @@ module runs it with ComfyUI's own training pieces, as ``comfy_extras/nodes_train
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -41,6 +45,9 @@ import folder_paths
 from . import comfy_adapter
 
 from ..fastdrag_core import lora as core
+from ..fastdrag_core.frozen_weights import frozen_parameters
+from ..fastdrag_core.grad_step import GradientStep
+from .dragdiffusion import unet_compute_dtype
 from .invert import check_latent
 from .model_support import supported_model
 from .types import LATENT_TAG
@@ -129,36 +136,46 @@ def lora_file_path(save_name: str, node: str = NODE) -> tuple[str, str]:
 # -- the trainable model -----------------------------------------------------------------------------------
 
 
-class AutogradSafeWeight(torch.nn.Module):
-    """Weight wrapper that makes a UNet weight a frozen, ordinary tensor for autograd.
+class LoraBranch(torch.nn.Module):
+    """The trainable factors of one projection, B = ``lora_up`` [out, r] and A = ``lora_down`` [r, in]
+    (float32 masters), and the forward hook that adds ΔW x = B (A x) (``core.lora_branch``, alpha = r)
+    to the projection's output, in the dtype the UNet computes in."""
 
-    ComfyUI's weights are inference tensors (autograd cannot save them for backward) and Parameters
-    with ``requires_grad=True`` (so the copy ComfyUI's cast makes would carry a gradient path back
-    into the shared model, computing and accumulating a gradient for every weight). ``detach`` cuts
-    that path without a copy; a clone is made only when the cast handed over the inference tensor
-    itself. The tensor lives from the forward to the backward of one step."""
+    def __init__(self, up: torch.Tensor, down: torch.Tensor):
+        super().__init__()
+        self.lora_up = torch.nn.Parameter(up.detach().clone())
+        self.lora_down = torch.nn.Parameter(down.detach().clone())
 
-    def __call__(self, w):
-        w = w.detach()
-        return w.clone() if w.is_inference() else w
-
-    def passive_memory_usage(self):
-        return 0
-
-    def move_to(self, device):
-        return 0
+    def add_to_output(self, module, args, output):
+        x = args[0]
+        delta = core.lora_branch(x, self.lora_up.to(x.dtype), self.lora_down.to(x.dtype),
+                                 alpha=float(self.lora_down.shape[0]))
+        return output + delta.to(output.dtype)
 
 
 @dataclass
 class LoraLayer:
-    """One trained projection: ComfyUI module name (inside ``diffusion_model``), file key prefix, adapter."""
+    """One trained projection: ComfyUI module name (inside ``diffusion_model``), file key prefix, factors."""
 
     module: str
     key: str
-    adapter: object  # comfy.weight_adapter.lora.LoraDiff (comfy_adapter)
+    branch: LoraBranch
 
     def factors(self) -> tuple[torch.nn.Parameter, torch.nn.Parameter]:
-        return self.adapter.lora_up.weight, self.adapter.lora_down.weight
+        return self.branch.lora_up, self.branch.lora_down
+
+
+@contextlib.contextmanager
+def lora_branches(diffusion_model: torch.nn.Module, layers: list[LoraLayer]):
+    """Each layer's branch hooked onto its projection of ``diffusion_model`` inside the block only."""
+    handles = []
+    try:
+        for layer in layers:
+            handles.append(diffusion_model.get_submodule(layer.module).register_forward_hook(layer.branch.add_to_output))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def attention_projections(model) -> list[str]:
@@ -202,37 +219,25 @@ def lora_keys(model, modules: list[str]) -> dict[str, str]:
 
 
 def install_lora(model, settings: core.LoraTrainSettings, generator: torch.Generator):
-    """A clone of ``model`` with AutogradSafeWeight on every UNet weight and bias, followed by a
-    trainable LoRA adapter on each attention projection; returns (clone, layers). Call outside
-    inference mode (the factors must be ordinary tensors)."""
+    """A clone of ``model`` to train on, and the LoRA layers (factors initialised as the official code)
+    of its attention projections; returns (clone, layers). The branches are hooked onto the UNet by the
+    training loop (:func:`lora_branches`). Call outside inference mode (the factors must be ordinary
+    tensors)."""
     mp = model.clone()
     modules = attention_projections(mp)
     keys = lora_keys(mp, modules)
     dm = mp.get_model_object("diffusion_model")
-    safe = AutogradSafeWeight()
-    for name, mod in dm.named_modules():  # first in every wrapper list: W' = W + B A sees a frozen W
-        if not hasattr(mod, "weight_function"):
-            continue
-        if getattr(mod, "weight", None) is not None:
-            mp.add_weight_wrapper(f"diffusion_model.{name}.weight", safe)
-        if getattr(mod, "bias", None) is not None:
-            mp.add_weight_wrapper(f"diffusion_model.{name}.bias", safe)
     layers = []
     for m in modules:
         w = dm.get_submodule(m).weight
         up, down = core.init_lora_factors(generator, w.shape[0], w.shape[1], settings.rank)
-        adapter = comfy_adapter.get("LoraDiff")((up, down, float(settings.rank), None, None, None))
-        adapter.requires_grad_(False)
-        adapter.lora_up.weight.requires_grad_(True)
-        adapter.lora_down.weight.requires_grad_(True)
-        mp.add_weight_wrapper(f"diffusion_model.{m}.weight", adapter)
-        layers.append(LoraLayer(m, keys[m], adapter))
+        layers.append(LoraLayer(m, keys[m], LoraBranch(up, down)))
     return mp, layers
 
 
 def release_base_gradients(model) -> int:
-    """Drop any gradient that reached the shared UNet weights (none should: every weight goes through
-    AutogradSafeWeight) and warn, so a layer that bypasses ComfyUI's weight functions cannot leave a
+    """Drop any gradient that reached the shared UNet weights (none should: the loop takes gradients of
+    the LoRA factors only, with the weights frozen) and warn, so a layer that bypasses ComfyUI's weight functions cannot leave a
     full-size gradient in the model; returns how many there were."""
     leaked = [p for p in model.get_model_object("diffusion_model").parameters() if p.grad is not None]
     for p in leaked:
@@ -244,8 +249,8 @@ def release_base_gradients(model) -> int:
 
 
 def compute_dtype(model) -> torch.dtype:
-    base = model.model
-    return getattr(base, "manual_cast_dtype", None) or base.get_dtype()
+    """The dtype the model's UNet computes in (:func:`nodes.dragdiffusion.unet_compute_dtype`)."""
+    return unet_compute_dtype(model.model)
 
 
 # -- the loop ----------------------------------------------------------------------------------------------
@@ -264,8 +269,11 @@ class IdentityLoraSampler(comfy_adapter.base_class("Sampler")):
     ``latent`` is the clean latent in VAE space [1, C, h, w]; every step draws crops, ε and t from
     the CPU data ``generator`` (core.draw_step), forms x = x_0 + σ_t ε (σ_t = model_sampling.sigmas[t],
     x_0 in model space), asks the guider for D(x, σ_t) and takes one AdamW step on
-    core.noise_prediction_loss (= the official MSE of ε̂ or v̂). With a float16 model on CUDA the loss
-    is scaled by a GradScaler, as the official fp16 (accelerate) run does."""
+    core.noise_prediction_loss (= the official MSE of ε̂ or v̂), by the pack's precision rule
+    (:class:`fastdrag_core.grad_step.GradientStep`: loss scaling when the UNet computes in float16, on
+    any device, as the official fp16 run; a step skipped on inf / NaN gradients). The UNet's weights
+    are frozen stand-ins on their own memory for the loop (:func:`frozen_parameters`) and the LoRA
+    branches are hooked onto the projections (:func:`lora_branches`)."""
 
     def __init__(self, latent: torch.Tensor, layers: list[LoraLayer], settings: core.LoraTrainSettings,
                  prediction: str, generator: torch.Generator, dtype: torch.dtype,
@@ -285,13 +293,13 @@ class IdentityLoraSampler(comfy_adapter.base_class("Sampler")):
         sigma_data = float(getattr(ms, "sigma_data", 1.0))
         x0_full = inner.process_latent_in(self.latent.to(device, torch.float32).clone())
         params = [p for layer in self.layers for p in layer.factors()]
-        opt = torch.optim.AdamW(params, lr=s.learning_rate, betas=core.ADAMW_BETAS,
-                                weight_decay=core.ADAMW_WEIGHT_DECAY, eps=core.ADAMW_EPS)
-        use_scaler = self.dtype == torch.float16 and device.type == "cuda"
-        scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)  # the official fp16 run scales the loss too
+        step_rule = GradientStep(torch.optim.AdamW(params, lr=s.learning_rate, betas=core.ADAMW_BETAS,
+                                                   weight_decay=core.ADAMW_WEIGHT_DECAY, eps=core.ADAMW_EPS),
+                                 params, self.dtype, device.type)
         pbar = comfy.utils.ProgressBar(s.steps)
         _, channels, h, w = x0_full.shape
-        with torch.enable_grad():
+        with torch.enable_grad(), frozen_parameters(inner.diffusion_model), \
+                lora_branches(inner.diffusion_model, self.layers):
             for step in range(s.steps):
                 comfy.model_management.throw_exception_if_processing_interrupted()
                 t0 = time.perf_counter()
@@ -304,14 +312,11 @@ class IdentityLoraSampler(comfy_adapter.base_class("Sampler")):
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"{NODE}: the loss became {loss.item()} at step {step + 1}; lower "
                                              f"learning_rate (now {s.learning_rate})")
-                scale_before = scaler.get_scale() if use_scaler else 1.0
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-                if use_scaler and scaler.get_scale() < scale_before:
+                if not step_rule(loss):
                     self.log.skipped_steps += 1
-                opt.zero_grad(set_to_none=True)
+                del denoised
                 value = float(loss.detach())
+                del loss
                 self.log.losses.append(value)
                 self.log.step_seconds.append(time.perf_counter() - t0)
                 if self.on_step is not None:
@@ -360,7 +365,7 @@ def train_identity_lora(model, positive, samples: torch.Tensor, settings: core.L
             guider.sample(torch.zeros(shape), torch.zeros(shape), sampler, sigmas, seed=settings.seed)
         finally:
             for layer in layers:
-                layer.adapter.requires_grad_(False)
+                layer.branch.requires_grad_(False)
             release_base_gradients(mp)
         state = {}
         for layer in layers:

@@ -11,7 +11,6 @@ sampler function calls the wrapped model with gradients on. The decoder features
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -32,6 +31,7 @@ import comfy.utils
 from ..fastdrag_core import dragdiffusion as dd
 from ..fastdrag_core import points as core_points
 from . import comfy_adapter
+from ..fastdrag_core.frozen_weights import FrozenWeights, frozen_parameters
 from .invert import check_latent, check_model_schedule
 from .model_support import SupportedModel, supported_model
 from .patches import zero_conditioning
@@ -136,91 +136,6 @@ def drag_geometry(spec, latent_hw, node: str) -> DragGeometry:
     return DragGeometry(handles, targets, mask, (kept_h, kept_w), (y0, x0), (spec.height, spec.width))
 
 
-# -- ordinary weights for the backward pass --------------------------------------------------------
-
-@dataclass
-class LoopWeights:
-    """What :func:`frozen_parameters` did: bytes cloned, parameters swapped, and how many of the UNet's
-    parameters still require grad inside the loop (0: no weight gradient can be computed)."""
-
-    cloned_bytes: int = 0
-    total: int = 0
-    requires_grad: int = 0
-
-
-@contextlib.contextmanager
-def frozen_parameters(module: torch.nn.Module, device):
-    """The UNet's parameters as the drag loop needs them: ordinary where autograd must save them, and
-    none requiring grad (only z_t needs a gradient). Put back on exit.
-
-    ComfyUI's weights are Parameters with ``requires_grad=True``: inference tensors when loaded under
-    ``torch.inference_mode()`` (autograd cannot save those for backward), ordinary tensors after a load
-    onto a GPU outside inference mode (then autograd would compute, and accumulate into the shared
-    model's ``.grad``, a gradient for every weight). For the loop:
-
-    * an inference tensor on ``device`` (used as it is) is replaced by an ordinary clone: a second copy
-      of those weights lives only as long as the loop;
-    * any other parameter (an ordinary tensor, or one offloaded to another device, which ComfyUI's cast
-      copies per call) is replaced by a Parameter on the same storage that does not require grad.
-
-    Why a swap on the loaded module and not a weight wrapper (``add_weight_wrapper``, which
-    DragDiffusionLoRA uses): a wrapper runs on every forward and would copy each inference weight
-    at every UNet call of the up to 80 iterations; the swap copies once
-    per loop. ComfyUI runs one prompt at a time, and the ``finally`` puts every Parameter back (the
-    integration test compares each one before and after).
-
-    Yields a :class:`LoopWeights`."""
-    swapped = []
-    info = LoopWeights()
-    try:
-        with torch.inference_mode(False):
-            for mod in module.modules():
-                for name, p in list(mod._parameters.items()):
-                    if p is None:
-                        continue
-                    info.total += 1
-                    if p.is_inference() and p.device == device:
-                        mod._parameters[name] = torch.nn.Parameter(p.clone(), requires_grad=False)
-                        info.cloned_bytes += p.numel() * p.element_size()
-                    elif p.requires_grad:
-                        mod._parameters[name] = torch.nn.Parameter(p.detach(), requires_grad=False)
-                    else:
-                        continue
-                    swapped.append((mod, name, p))
-        info.requires_grad = sum(p.requires_grad for p in module.parameters())
-        yield info
-    finally:
-        for mod, name, p in swapped:
-            mod._parameters[name] = p
-
-
-class SavedTensorMeter:
-    """Bytes autograd keeps for the backward pass of one forward (distinct storages, the model's
-    resident weights excluded), through ``torch.autograd.graph.saved_tensors_hooks``: the activation
-    memory a drag iteration holds, measured the same way on every device."""
-
-    def __init__(self, exclude=frozenset()):
-        self.storages: dict = {}
-        self.exclude = exclude  # storages of the model's own weights (kept anyway)
-
-    def pack(self, t):
-        try:
-            st = t.untyped_storage()
-            if st.data_ptr() not in self.exclude:
-                self.storages[(st.data_ptr(), t.device)] = st.nbytes()
-        except (RuntimeError, NotImplementedError):
-            pass
-        return t
-
-    @staticmethod
-    def unpack(t):
-        return t
-
-    @property
-    def nbytes(self) -> int:
-        return sum(self.storages.values())
-
-
 @dataclass
 class DragJob:
     """Everything the sampler function needs for one node run (passed through KSAMPLER's options)."""
@@ -231,9 +146,7 @@ class DragJob:
     reference: Optional[torch.Tensor]  # LATENT samples of the unedited latent, or None
     on_iteration: Callable
     result: Optional[dd.DragResult] = None
-    weights: LoopWeights = field(default_factory=LoopWeights)
-    peak_bytes: Optional[int] = None  # CUDA: peak allocated above the start of the loop
-    saved_bytes: int = 0  # activations kept for backward by the largest forward
+    weights: FrozenWeights = field(default_factory=FrozenWeights)
     iteration_times: list = field(default_factory=list)
 
 
@@ -242,7 +155,12 @@ def sample_dragdiffusion(model, x, sigmas, extra_args=None, callback=None, disab
 
     ``sigmas`` = [σ_t, σ_{t-1}]; ``x`` = z_t·sqrt(σ_t²+1) in model space (ComfyUI's convention).
     Optimises z_t (official: ``init_code``), with x_{t-1}(z) = sqrt(ᾱ_{t-1}) x̂0 + sqrt(1 - ᾱ_{t-1}) ε
-    from ComfyUI's denoised x̂0 and ε = (x - x̂0)/σ_t. Returns the optimised x at σ_t."""
+    from ComfyUI's denoised x̂0 and ε = (x - x̂0)/σ_t. Returns the optimised x at σ_t.
+
+    The UNet's weights take part as constants: :func:`fastdrag_core.frozen_weights.frozen_parameters`
+    gives each one, for the loop only, a stand-in on the same memory that autograd may save and that
+    does not require grad (ComfyUI's weights are inference tensors that require grad). No weight is
+    copied; every original Parameter is back in place when the loop ends, on any path out."""
     extra_args = {} if extra_args is None else extra_args
     base_model = comfy_adapter.sampler_base_model(model, NODE)  # KSamplerX0Inpaint -> CFGGuider -> BaseModel
     device = x.device
@@ -250,16 +168,11 @@ def sample_dragdiffusion(model, x, sigmas, extra_args=None, callback=None, disab
     scale_in = math.sqrt(sigma * sigma + 1.0)
     a_prev = 1.0 / (1.0 + sigma_prev * sigma_prev)
     sup_hw = job.geometry.feature_hw
-    cuda = device.type == "cuda"
-    peak = [0]
 
     def forward(z):
         x_in = z * scale_in
         job.tap.clear()
-        meter = SavedTensorMeter(weight_storages)
-        with torch.autograd.graph.saved_tensors_hooks(meter.pack, meter.unpack):
-            denoised = model(x_in, sigmas[0] * x_in.new_ones([x_in.shape[0]]), **extra_args)
-        peak[0] = max(peak[0], meter.nbytes)
+        denoised = model(x_in, sigmas[0] * x_in.new_ones([x_in.shape[0]]), **extra_args)
         feat = job.tap.features.get(FEATURE_UP_BLOCK)
         if feat is None:
             raise RuntimeError(f"{NODE}: the decoder feature (up_blocks[{FEATURE_UP_BLOCK}]) was not recorded; "
@@ -269,28 +182,27 @@ def sample_dragdiffusion(model, x, sigmas, extra_args=None, callback=None, disab
         x_prev = math.sqrt(a_prev) * denoised + math.sqrt(1.0 - a_prev) * eps
         return x_prev.float(), feat
 
-    if cuda:  # memory held by the loop, weight copies included
-        torch.cuda.reset_peak_memory_stats(device)
-        mem0 = torch.cuda.memory_allocated(device)
     with torch.inference_mode(False), torch.enable_grad(), \
-            frozen_parameters(base_model.diffusion_model, device) as weights:
+            frozen_parameters(base_model.diffusion_model) as weights:
         job.weights = weights
-        weight_storages = frozenset(p.untyped_storage().data_ptr() for p in base_model.diffusion_model.parameters())
         z = (x.detach().clone().float() / scale_in)
         ref = None
         if job.reference is not None:
             ref = base_model.process_latent_in(job.reference.to(device).clone().float()) / scale_in
-        dtype = base_model.manual_cast_dtype or base_model.get_dtype()
-        scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
         job.result = dd.optimise_latent(forward, z, job.geometry.handles, job.geometry.targets,
-                                        job.geometry.mask, job.settings, reference=ref, grad_scaler=scaler,
+                                        job.geometry.mask, job.settings, reference=ref,
+                                        compute_dtype=unet_compute_dtype(base_model),
                                         on_iteration=job.on_iteration)
-        job.saved_bytes = peak[0]
-        job.peak_bytes = (torch.cuda.max_memory_allocated(device) - mem0) if cuda else None
         if job.result.steps_taken == 0:  # nothing moved: hand back x itself, not z * scale_in rounded
             return x
         out = job.result.z.to(x.dtype) * scale_in
     return out.detach()
+
+
+def unet_compute_dtype(base_model) -> torch.dtype:
+    """The dtype ComfyUI's UNet computes in: the manual-cast dtype when weights are stored in another
+    one (e.g. ``--fp16-unet`` on a CPU: fp16 weights, float32 compute), else the weights' dtype."""
+    return base_model.manual_cast_dtype or base_model.get_dtype()
 
 
 def _mib(n: Optional[int]) -> str:
@@ -403,11 +315,11 @@ class DragDiffusionDrag(io.ComfyNode):
                + ("handles reached their targets" if res.reached else "stopped at the step limit")
                + f"; handles (row, col) {res.history[0].int().tolist()} -> {res.handles.int().tolist()}, "
                f"targets {geometry.targets.int().tolist()} on the {geometry.feature_hw[1]}x{geometry.feature_hw[0]} "
-               f"feature grid; {statistics.median(times):.3f} s/iteration (median); weights cloned for the loop "
-               f"{_mib(job.weights.cloned_bytes)}; UNet weights requiring grad in the loop: "
-               f"{job.weights.requires_grad} of {job.weights.total}; activations held for backward "
-               f"{_mib(job.saved_bytes)}"
-               + (f"; peak memory of the loop {_mib(job.peak_bytes)} (copies included)" if job.peak_bytes is not None else ""))
+               f"feature grid; {statistics.median(times):.3f} s/iteration (median); UNet weights requiring grad "
+               f"in the loop: {job.weights.requires_grad} of {job.weights.total}; weights copied for the loop "
+               f"{_mib(job.weights.copied_bytes)}"
+               + (f"; {res.skipped_steps} fp16 steps skipped by the loss scaler (inf/NaN gradient)"
+                  if res.skipped_steps else ""))
         log.info("[FastDrag] %s: %s", NODE, msg)
         if sm.note:
             msg = sm.note + "\n" + msg

@@ -25,13 +25,14 @@ A = adapter()
 
 
 def test_every_internal_names_its_nodes_and_the_checked_version():
-    node_ids = {"FastDragPoints", "FastDragInvert", "FastDragWarp", "FastDragBNNI", "FastDragSample", "FastDragEdit",
+    node_ids = {"FastDragPoints", "FastDragInvert", "FastDragWarp", "FastDragBNNI", "FastDragMoveObject",
+                "FastDragSample", "FastDragEdit",
                 "DragDiffusionLoRA", "DragDiffusionDrag", "DragDiffusionSample", "DragDiffusionEdit",
                 "DragBenchSample", "DragMeanDistance", "DragImageFidelity"}
     for key, it in A.INTERNALS.items():
         assert it.nodes and set(it.nodes) <= node_ids, key
         assert "v0.8.0" in it.checked and "fc0cb10" in it.checked, key
-    for name in ("TrainGuider", "process_cond_list", "LoraDiff"):
+    for name in ("TrainGuider", "process_cond_list"):
         assert name in A.INTERNALS
 
 

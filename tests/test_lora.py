@@ -306,3 +306,21 @@ def test_init_and_data_streams_differ_and_are_fixed():
     a = torch.randn(8, generator=torch.Generator().manual_seed(lora.init_seed(3)))
     b = torch.randn(8, generator=torch.Generator().manual_seed(3))
     assert not torch.equal(a, b)
+
+
+def test_branch_on_the_activations_is_the_merged_layer():
+    """core.lora_branch: W x + B (A x) scaled by alpha / r equals x through W' = W + lora_delta (float64),
+    for inputs with leading token dimensions; mismatched shapes are refused."""
+    g = torch.Generator().manual_seed(4)
+    W = torch.randn(5, 7, generator=g, dtype=torch.float64)
+    up = torch.randn(5, 3, generator=g, dtype=torch.float64)
+    down = torch.randn(3, 7, generator=g, dtype=torch.float64)
+    x = torch.randn(2, 4, 7, generator=g, dtype=torch.float64)
+    for alpha in (None, 3.0, 1.5):
+        merged = x @ (W + lora.lora_delta(up, down, alpha)).T
+        torch.testing.assert_close(x @ W.T + lora.lora_branch(x, up, down, alpha), merged, rtol=1e-12, atol=1e-12)
+    # by hand: r = 1, alpha = 2 (scale 2): B A x = 3 * (1*1 + 2*1) = 9, times 2
+    one = lora.lora_branch(torch.tensor([[1.0, 1.0]]), torch.tensor([[3.0]]), torch.tensor([[1.0, 2.0]]), alpha=2.0)
+    assert one.tolist() == [[18.0]]
+    with pytest.raises(ValueError, match="do not match"):
+        lora.lora_branch(torch.zeros(2, 6), up, down)

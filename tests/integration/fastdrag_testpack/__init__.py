@@ -264,3 +264,7 @@ NODE_CLASS_MAPPINGS.update(_FLOW_NODES)
 from .device_peak import NODE_CLASS_MAPPINGS as _PEAK_NODES  # noqa: E402  (benchmarks/device_check.py)
 
 NODE_CLASS_MAPPINGS.update(_PEAK_NODES)
+
+from .memory_probe import NODE_CLASS_MAPPINGS as _MEMORY_NODES  # noqa: E402  (live tensors, weights in the loops)
+
+NODE_CLASS_MAPPINGS.update(_MEMORY_NODES)
