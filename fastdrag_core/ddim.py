@@ -1,18 +1,18 @@
 """DDIM (eta = 0) steps and FastDrag's DDIM inversion step, in ComfyUI's sigma parameterisation.
 
-Pure PyTorch; the steps take ε, which ``eps_from_denoised`` derives from ComfyUI's x̂₀ for eps and
-v-prediction models alike. Notation (fastdrag-method.md §1.5-§1.6): ᾱ_t = alphas_cumprod[t] and
-σ_t = sqrt((1 - ᾱ_t) / ᾱ_t). A diffusers latent z_t = sqrt(ᾱ_t) x0 + sqrt(1 - ᾱ_t) ε corresponds to
-ComfyUI's "VE" sampler variable x = z_t / sqrt(ᾱ_t) = x0 + σ_t ε, which is what ComfyUI sampler
-functions receive and return; an EPS model called at σ sees x / sqrt(σ² + 1) = z_t.
+Pure PyTorch; the steps take eps, which ``eps_from_denoised`` derives from ComfyUI's x_hat_0 for eps and
+v-prediction models alike. Notation (fastdrag-method.md §1.5-§1.6): abar_t = alphas_cumprod[t] and
+sigma_t = sqrt((1 - abar_t) / abar_t). A diffusers latent z_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps corresponds to
+ComfyUI's "VE" sampler variable x = z_t / sqrt(abar_t) = x0 + sigma_t eps, which is what ComfyUI sampler
+functions receive and return; an EPS model called at sigma sees x / sqrt(sigma² + 1) = z_t.
 
-* DDIM step (η = 0) from σ to σ_next:        x ← x + ε(x, σ) · (σ_next − σ)   (= Euler).
+* DDIM step (eta = 0) from sigma to sigma_next:        x <- x + eps(x, sigma) · (sigma_next - sigma)   (= Euler).
 * Official inversion step (diffusers ``inv_step``): the model is evaluated on the latent of the
-  *lower* timestep while being told the *higher* one. In x-form, from σ to σ_next:
-      x' = x · sqrt(σ_next² + 1) / sqrt(σ² + 1)      # so the UNet sees exactly z_prev
-      ε  = model(x', σ_next)                         # K/V captured here belong to t(σ_next)
-      x ← x + ε · (σ_next − σ)
-  starting from x = z0 · sqrt(σ_0² + 1) with σ_0 = σ(t = 0) (the official ᾱ_{-99} := ᾱ_0).
+  *lower* timestep while being told the *higher* one. In x-form, from sigma to sigma_next:
+      x' = x · sqrt(sigma_next² + 1) / sqrt(sigma² + 1)      # so the UNet sees exactly z_prev
+      eps  = model(x', sigma_next)                         # K/V captured here belong to t(sigma_next)
+      x <- x + eps · (sigma_next - sigma)
+  starting from x = z0 · sqrt(sigma_0² + 1) with sigma_0 = sigma(t = 0) (the official abar_{-99} := abar_0).
 
 The ``official_*`` functions are straightforward z-space transcriptions of the official formulas,
 used as float64 references in tests.
@@ -49,7 +49,7 @@ def inversion_steps(steps: int, strength: float) -> int:
 
 
 def alphas_from_sigmas(sigmas: torch.Tensor) -> torch.Tensor:
-    """ᾱ = 1 / (1 + σ²)."""
+    """abar = 1 / (1 + sigma²)."""
     return 1.0 / (1.0 + sigmas * sigmas)
 
 
@@ -58,32 +58,32 @@ def _f(s) -> float:
 
 
 def eps_from_denoised(x: torch.Tensor, denoised: torch.Tensor, sigma) -> torch.Tensor:
-    """ε = (x − x̂₀)/σ from ComfyUI's x0 prediction ``denoised`` at σ.
+    """eps = (x - x_hat_0)/sigma from ComfyUI's x0 prediction ``denoised`` at sigma.
 
-    ComfyUI's wrapped model returns x̂₀ whatever the parameterisation, so this holds for eps models
-    (x̂₀ = x − σ·ε_θ, giving ε_θ back) and v-prediction models alike (x̂₀ = √ᾱ·z − √(1−ᾱ)·v in z-space,
-    giving ε = √ᾱ·v + √(1−ᾱ)·z, diffusers' DDIM ``pred_epsilon``), with ᾱ the model's ᾱ at σ."""
+    ComfyUI's wrapped model returns x_hat_0 whatever the parameterisation, so this holds for eps models
+    (x_hat_0 = x - sigma·eps_theta, giving eps_theta back) and v-prediction models alike (x_hat_0 = sqrt(abar)·z - sqrt(1-abar)·v in z-space,
+    giving eps = sqrt(abar)·v + sqrt(1-abar)·z, diffusers' DDIM ``pred_epsilon``), with abar the model's abar at sigma."""
     return (x - denoised) / _f(sigma)
 
 
 def ddim_step(x: torch.Tensor, eps: torch.Tensor, sigma, sigma_next) -> torch.Tensor:
-    """Deterministic DDIM (η = 0) from σ to σ_next in x-form (an Euler step)."""
+    """Deterministic DDIM (eta = 0) from sigma to sigma_next in x-form (an Euler step)."""
     return x + eps * (_f(sigma_next) - _f(sigma))
 
 
 def inversion_model_input(x: torch.Tensor, sigma, sigma_next) -> torch.Tensor:
-    """Rescale x (at σ) so that a model called at σ_next sees exactly z_prev = x / sqrt(σ² + 1)."""
+    """Rescale x (at sigma) so that a model called at sigma_next sees exactly z_prev = x / sqrt(sigma² + 1)."""
     return x * (math.sqrt(_f(sigma_next) ** 2 + 1.0) / math.sqrt(_f(sigma) ** 2 + 1.0))
 
 
 def inversion_step(x: torch.Tensor, eps: torch.Tensor, sigma, sigma_next) -> torch.Tensor:
-    """One official inversion step from σ up to σ_next, given ε evaluated on
-    ``inversion_model_input(x, σ, σ_next)`` at σ_next."""
+    """One official inversion step from sigma up to sigma_next, given eps evaluated on
+    ``inversion_model_input(x, sigma, sigma_next)`` at sigma_next."""
     return x + eps * (_f(sigma_next) - _f(sigma))
 
 
 def to_inversion_start(z0: torch.Tensor, sigma0) -> torch.Tensor:
-    """x at σ_0 for a clean latent z0 treated, as officially, as sitting at ᾱ_0: x = z0·sqrt(σ_0²+1)."""
+    """x at sigma_0 for a clean latent z0 treated, as officially, as sitting at abar_0: x = z0·sqrt(sigma_0²+1)."""
     return z0 * math.sqrt(_f(sigma0) ** 2 + 1.0)
 
 
@@ -94,10 +94,10 @@ def official_inversion(z0: torch.Tensor, eps_fn: Callable[[torch.Tensor, int], t
 
     Args:
         z0: clean latent [B, C, H, W] (already multiplied by the VAE scale factor).
-        eps_fn: ``eps_fn(z, t) -> ε`` (the UNet called on z with integer timestep t).
-        alphas_cumprod: [1000] ᾱ.
+        eps_fn: ``eps_fn(z, t) -> eps`` (the UNet called on z with integer timestep t).
+        alphas_cumprod: [1000] abar.
         timesteps: ascending inversion timesteps, e.g. [1, 101, ..., 601].
-        final_alpha_cumprod: ᾱ before the first step (default ᾱ_0, ``set_alpha_to_one=False``).
+        final_alpha_cumprod: abar before the first step (default abar_0, ``set_alpha_to_one=False``).
     Returns:
         z_T at the last timestep.
     """
@@ -116,8 +116,8 @@ def official_inversion(z0: torch.Tensor, eps_fn: Callable[[torch.Tensor, int], t
 def official_ddim_sampling(z: torch.Tensor, eps_fn: Callable[[torch.Tensor, int], torch.Tensor],
                            alphas_cumprod: torch.Tensor, timesteps: Sequence[int],
                            final_alpha_cumprod: float | None = None) -> torch.Tensor:
-    """Official DDIM sampling (η = 0) down the descending ``timesteps`` in z-space; each step goes
-    to the next timestep, the last one to ᾱ_final (default ᾱ_0)."""
+    """Official DDIM sampling (eta = 0) down the descending ``timesteps`` in z-space; each step goes
+    to the next timestep, the last one to abar_final (default abar_0)."""
     ac = alphas_cumprod
     a_final = float(ac[0]) if final_alpha_cumprod is None else float(final_alpha_cumprod)
     ts = [int(t) for t in timesteps]

@@ -4,16 +4,16 @@
 The rule is the official DragDiffusion run's (fp32 latent and LoRA factors, UNet in fp16 under
 autocast, ``GradScaler``):
 
-* the optimised tensors θ (the latent z_t, the LoRA factors A and B) are float32 (float64 stays
+* the optimised tensors theta (the latent z_t, the LoRA factors A and B) are float32 (float64 stays
   float64); the network computes in its own dtype; the loss L is formed in float32;
 * when the network computes in **float16** the gradient is taken of S·L with a dynamic loss scale S
   (``torch.amp.GradScaler``, S_0 = 2^16): small fp16 gradients that would flush to zero are kept;
   g = grad(S·L)/S is unscaled in float32 before the optimiser sees it; a step whose gradient holds
-  inf / NaN is skipped (θ unchanged) and S is halved; S doubles after 2000 good steps;
+  inf / NaN is skipped (theta unchanged) and S is halved; S doubles after 2000 good steps;
 * bfloat16 and float32 compute need no scaling (bf16 has float32's exponent range): S = 1, every
   step is taken.
 
-The gradient is taken with ``torch.autograd.grad`` w.r.t. θ alone: no other leaf of the graph (for
+The gradient is taken with ``torch.autograd.grad`` w.r.t. theta alone: no other leaf of the graph (for
 example a model weight that requires grad) gets a gradient computed or a ``.grad`` written.
 """
 
@@ -36,7 +36,7 @@ class GradientStep:
 
     Args:
         optimizer: the optimiser over ``params``.
-        params: the optimised tensors θ (leaves that require grad).
+        params: the optimised tensors theta (leaves that require grad).
         compute_dtype: the dtype the network computes in (decides the loss scaling).
         device_type: "cpu", "cuda", ... (the scaler's device).
         init_scale: S_0 (``GradScaler``'s default 2^16).

@@ -62,7 +62,7 @@ class KVSchedule:
 
     Attributes:
         sigmas: descending sampling sigmas, first = the edit sigma, last = the final sigma (0 in
-            ComfyUI), e.g. σ(601), σ(501), ..., σ(1), 0 for 10 steps at strength 0.7.
+            ComfyUI), e.g. sigma(601), sigma(501), ..., sigma(1), 0 for 10 steps at strength 0.7.
         timesteps: the integer timestep of each sigma but the last (the model calls), descending.
         steps, strength: the user's settings (k = len(timesteps) inversion steps).
         latent_shape: [B, C, H, W] of the latent that was inverted.

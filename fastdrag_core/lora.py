@@ -5,22 +5,22 @@ What the official code does (Yujun-Shi/DragDiffusion ``utils/lora_utils.py::trai
 lora_rank=16``):
 
 * a rank-r LoRA on ``to_q``, ``to_k``, ``to_v`` and ``to_out[0]`` of every attention module of the
-  UNet (self- and cross-attention), diffusers' ``LoRALinearLayer``: down factor A ∈ R^{r×in} drawn
-  from N(0, (1/r)²), up factor B ∈ R^{out×r} = 0, applied as W x + B A x with no alpha scaling
+  UNet (self- and cross-attention), diffusers' ``LoRALinearLayer``: down factor A  in  R^{r×in} drawn
+  from N(0, (1/r)²), up factor B  in  R^{out×r} = 0, applied as W x + B A x with no alpha scaling
   (``network_alpha=None``), so the trained layer is W' = W + B A;
 * AdamW(lr, betas (0.9, 0.999), weight decay 1e-2, eps 1e-8) on the factors only, constant learning
   rate, ``lora_step`` steps of batch ``lora_batch_size``;
 * each step, for every batch item: ``Resize(512, bilinear)`` (short side to 512) then
   ``RandomCrop(512)`` of the image (no flip: the code has no flip transform), VAE-encode, then
-  ε ~ N(0, I), t ~ U{0, ..., 999}, z_t = sqrt(ᾱ_t) z_0 + sqrt(1 − ᾱ_t) ε and the loss
-  mean((ε̂(z_t, t, c) − ε)²) (the velocity as target for v-prediction models); text encoder frozen.
+  eps ~ N(0, I), t ~ U{0, ..., 999}, z_t = sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps and the loss
+  mean((eps_hat(z_t, t, c) - eps)²) (the velocity as target for v-prediction models); text encoder frozen.
 
 Here the crops are taken on the latent grid (see :func:`random_crop_origin`): squares of side
 S = min(h, w) latent cells at the latent's own scale. For an image whose short side is 512 px
 (every DragBench image taller than wide, every square 512² image) this is the official crop
 distribution up to the 8-px grid of the offsets; for 512² images both are the identity.
 
-Notation as in ``ddim.py``: ComfyUI's sampler variable is x = x_0 + σ ε (σ_t = sqrt((1 − ᾱ_t)/ᾱ_t)),
+Notation as in ``ddim.py``: ComfyUI's sampler variable is x = x_0 + sigma eps (sigma_t = sqrt((1 - abar_t)/abar_t)),
 the model returns its x_0 prediction D ("denoised"), and x_0 is the latent in model space
 (``latent_format.process_in``, ×0.18215 for SD1.x).
 """
@@ -120,7 +120,7 @@ def random_crop_origin(generator: torch.Generator, height: int, width: int, size
     """(top, left) of one random ``size``² crop of a ``height``×``width`` grid.
 
     torchvision's ``RandomCrop.get_params``: no draw and (0, 0) when the crop is the whole grid, else
-    top ~ U{0, ..., height − size} then left ~ U{0, ..., width − size} (two ``torch.randint`` draws,
+    top ~ U{0, ..., height - size} then left ~ U{0, ..., width - size} (two ``torch.randint`` draws,
     in that order)."""
     if not 1 <= size <= min(height, width):
         raise ValueError(f"crop size {size} does not fit a {height}x{width} grid")
@@ -132,7 +132,7 @@ def random_crop_origin(generator: torch.Generator, height: int, width: int, size
 
 
 def sample_timesteps(generator: torch.Generator, batch_size: int, num_timesteps: int = 1000) -> torch.Tensor:
-    """t ~ U{0, ..., num_timesteps − 1} per batch item (int64), as ``torch.randint(0, 1000, (bsz,))``."""
+    """t ~ U{0, ..., num_timesteps - 1} per batch item (int64), as ``torch.randint(0, 1000, (bsz,))``."""
     if num_timesteps < 1:
         raise ValueError(f"num_timesteps must be >= 1, got {num_timesteps}")
     return torch.randint(0, num_timesteps, (batch_size,), generator=generator, dtype=torch.int64)
@@ -145,7 +145,7 @@ class StepDraw:
     Attributes:
         origins: (top, left) of each item's crop on the latent grid.
         size: side S of the square crops.
-        noise: ε, float32 [B, C, S, S] on the CPU.
+        noise: eps, float32 [B, C, S, S] on the CPU.
         timesteps: t per item, int64 [B].
     """
 
@@ -195,7 +195,7 @@ def init_lora_factors(generator: torch.Generator, out_features: int, in_features
 
 
 def lora_scale(alpha: Optional[float], rank: int) -> float:
-    """The kohya / ComfyUI rule: ΔW = (alpha / rank) · B A, and scale 1 when the file has no alpha.
+    """The kohya / ComfyUI rule: DeltaW = (alpha / rank) · B A, and scale 1 when the file has no alpha.
 
     The official (diffusers, ``network_alpha=None``) LoRA is W + B A, so the pack writes
     alpha = rank: any loader then applies exactly B A."""
@@ -203,15 +203,15 @@ def lora_scale(alpha: Optional[float], rank: int) -> float:
 
 
 def lora_delta(up: torch.Tensor, down: torch.Tensor, alpha: Optional[float] = None) -> torch.Tensor:
-    """ΔW = lora_scale(alpha, r) · B A for B [out, r], A [r, in]."""
+    """DeltaW = lora_scale(alpha, r) · B A for B [out, r], A [r, in]."""
     if up.dim() != 2 or down.dim() != 2 or up.shape[1] != down.shape[0]:
         raise ValueError(f"up [out, r] and down [r, in] do not match: {list(up.shape)} and {list(down.shape)}")
     return lora_scale(alpha, down.shape[0]) * (up @ down)
 
 
 def lora_branch(x: torch.Tensor, up: torch.Tensor, down: torch.Tensor, alpha: Optional[float] = None) -> torch.Tensor:
-    """ΔW x = lora_scale(alpha, r) · B (A x) for inputs x [..., in]: what the LoRA adds to a projection's
-    output, W' x = W x + ΔW x, computed on the activations (two rank-r products) instead of forming the
+    """DeltaW x = lora_scale(alpha, r) · B (A x) for inputs x [..., in]: what the LoRA adds to a projection's
+    output, W' x = W x + DeltaW x, computed on the activations (two rank-r products) instead of forming the
     weight-sized W' = W + B A. Computed in the dtype of the arguments."""
     if up.dim() != 2 or down.dim() != 2 or up.shape[1] != down.shape[0] or x.shape[-1] != down.shape[1]:
         raise ValueError(f"x [..., {x.shape[-1]}], up {list(up.shape)} and down {list(down.shape)} do not match")
@@ -221,7 +221,7 @@ def lora_branch(x: torch.Tensor, up: torch.Tensor, down: torch.Tensor, alpha: Op
 def lora_file_entries(prefix: str, up: torch.Tensor, down: torch.Tensor) -> dict[str, torch.Tensor]:
     """The three tensors of one layer in the kohya LoRA format that ComfyUI, A1111 and diffusers
     load: ``<prefix>.lora_up.weight`` (B), ``<prefix>.lora_down.weight`` (A) and
-    ``<prefix>.alpha`` = rank (so that ΔW = B A, see :func:`lora_scale`)."""
+    ``<prefix>.alpha`` = rank (so that DeltaW = B A, see :func:`lora_scale`)."""
     if up.dim() != 2 or down.dim() != 2 or up.shape[1] != down.shape[0]:
         raise ValueError(f"{prefix}: up [out, r] and down [r, in] do not match: {list(up.shape)} and "
                          f"{list(down.shape)}")
@@ -237,12 +237,12 @@ def lora_file_entries(prefix: str, up: torch.Tensor, down: torch.Tensor) -> dict
 
 
 def loss_weights(sigma: torch.Tensor, prediction: str, sigma_data: float = 1.0) -> torch.Tensor:
-    """w(σ) such that w(σ) · (D − x_0)² is the squared error of the model's raw output.
+    """w(sigma) such that w(sigma) · (D - x_0)² is the squared error of the model's raw output.
 
-    * eps: D = x − σ ε̂ and x = x_0 + σ ε, so ε̂ − ε = (x_0 − D) / σ:                w = 1 / σ².
-    * v (σ_data = 1: v = sqrt(ᾱ) ε − sqrt(1 − ᾱ) x_0): ComfyUI's
-      D = x σ_d² / (σ² + σ_d²) − v̂ σ σ_d / sqrt(σ² + σ_d²), so
-      v̂ − v = (x_0 − D) sqrt(σ² + σ_d²) / (σ σ_d):                               w = (σ² + σ_d²) / (σ σ_d)².
+    * eps: D = x - sigma eps_hat and x = x_0 + sigma eps, so eps_hat - eps = (x_0 - D) / sigma:                w = 1 / sigma².
+    * v (sigma_data = 1: v = sqrt(abar) eps - sqrt(1 - abar) x_0): ComfyUI's
+      D = x sigma_d² / (sigma² + sigma_d²) - v_hat sigma sigma_d / sqrt(sigma² + sigma_d²), so
+      v_hat - v = (x_0 - D) sqrt(sigma² + sigma_d²) / (sigma sigma_d):                               w = (sigma² + sigma_d²) / (sigma sigma_d)².
     """
     if prediction == "eps":
         return 1.0 / (sigma * sigma)
@@ -255,7 +255,7 @@ def loss_weights(sigma: torch.Tensor, prediction: str, sigma_data: float = 1.0) 
 def noise_prediction_loss(denoised: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor, prediction: str = "eps",
                           sigma_data: float = 1.0) -> torch.Tensor:
     """The official loss ``F.mse_loss(model_pred.float(), target.float(), reduction="mean")`` written
-    with ComfyUI's x_0 prediction: mean over all elements of w(σ_b) (D_b − x_0,b)², computed in float32
+    with ComfyUI's x_0 prediction: mean over all elements of w(sigma_b) (D_b - x_0,b)², computed in float32
     (float64 stays float64). ``denoised`` and ``x0`` are [B, ...], ``sigma`` is [B]."""
     if denoised.shape != x0.shape:
         raise ValueError(f"denoised {list(denoised.shape)} and x0 {list(x0.shape)} differ in shape")

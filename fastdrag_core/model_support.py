@@ -6,10 +6,10 @@ Pure Python (no ComfyUI import): ``nodes/model_support.py`` reads a ComfyUI MODE
 
 FastDrag needs (fastdrag-method.md §1.5-§1.6, §4):
 
-* a discrete-time diffusion model with a table of ᾱ_t (ComfyUI: ``ModelSamplingDiscrete``, σ_t =
-  sqrt((1 − ᾱ_t)/ᾱ_t)), because the official DDIM inversion and sampling step between table entries;
-* a prediction ComfyUI turns into x̂₀, so that ε = (x − x̂₀)/σ: eps and v-prediction (ComfyUI's wrapped
-  model returns x̂₀ for both; x0 / img_to_img sampling are not accepted);
+* a discrete-time diffusion model with a table of abar_t (ComfyUI: ``ModelSamplingDiscrete``, sigma_t =
+  sqrt((1 - abar_t)/abar_t)), because the official DDIM inversion and sampling step between table entries;
+* a prediction ComfyUI turns into x_hat_0, so that eps = (x - x_hat_0)/sigma: eps and v-prediction (ComfyUI's wrapped
+  model returns x_hat_0 for both; x0 / img_to_img sampling are not accepted);
 * self-attention layers in a UNet decoder (the K/V of the consistency-preserving strategy);
 * a 4-channel image latent of the SD1.x or SDXL VAE (the warp moves latent cells; scale from the model).
 

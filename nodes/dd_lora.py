@@ -138,7 +138,7 @@ def lora_file_path(save_name: str, node: str = NODE) -> tuple[str, str]:
 
 class LoraBranch(torch.nn.Module):
     """The trainable factors of one projection, B = ``lora_up`` [out, r] and A = ``lora_down`` [r, in]
-    (float32 masters), and the forward hook that adds ΔW x = B (A x) (``core.lora_branch``, alpha = r)
+    (float32 masters), and the forward hook that adds DeltaW x = B (A x) (``core.lora_branch``, alpha = r)
     to the projection's output, in the dtype the UNet computes in."""
 
     def __init__(self, up: torch.Tensor, down: torch.Tensor):
@@ -266,10 +266,10 @@ class TrainingLog:
 class IdentityLoraSampler(comfy_adapter.base_class("Sampler")):
     """The official training loop as a ComfyUI sampler (what the guider calls ``sample`` on).
 
-    ``latent`` is the clean latent in VAE space [1, C, h, w]; every step draws crops, ε and t from
-    the CPU data ``generator`` (core.draw_step), forms x = x_0 + σ_t ε (σ_t = model_sampling.sigmas[t],
-    x_0 in model space), asks the guider for D(x, σ_t) and takes one AdamW step on
-    core.noise_prediction_loss (= the official MSE of ε̂ or v̂), by the pack's precision rule
+    ``latent`` is the clean latent in VAE space [1, C, h, w]; every step draws crops, eps and t from
+    the CPU data ``generator`` (core.draw_step), forms x = x_0 + sigma_t eps (sigma_t = model_sampling.sigmas[t],
+    x_0 in model space), asks the guider for D(x, sigma_t) and takes one AdamW step on
+    core.noise_prediction_loss (= the official MSE of eps_hat or v_hat), by the pack's precision rule
     (:class:`fastdrag_core.grad_step.GradientStep`: loss scaling when the UNet computes in float16, on
     any device, as the official fp16 run; a step skipped on inf / NaN gradients). The UNet's weights
     are frozen stand-ins on their own memory for the loop (:func:`frozen_parameters`) and the LoRA

@@ -6,8 +6,8 @@ two runs, called by those nodes when ``supported_model`` says ``flow`` (docs/flu
   the noise level of step round(strength x steps) counted from the clean end, as the DDIM path. Steps are
   labelled k, k-1, ..., 1 (the step's number from the clean end) in the K/V store's keys.
 * Latents between the stages are in ComfyUI's sampler convention for CONST models: the inversion returns
-  x_t / (1 - σ_t) (KSAMPLER's ``inverse_noise_scaling``) and FastDragSample's noise scaling multiplies
-  it back, so warp and fill work on a latent that is x0 + σ/(1 − σ)·ε, linear in both.
+  x_t / (1 - sigma_t) (KSAMPLER's ``inverse_noise_scaling``) and FastDragSample's noise scaling multiplies
+  it back, so warp and fill work on a latent that is x0 + sigma/(1 - sigma)·eps, linear in both.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def flow_sigmas(ms, steps: int) -> torch.Tensor:
 
 
 def flow_schedule(ms, steps: int, strength: float, latent_shape, node: str) -> KVSchedule:
-    """The last k+1 sigmas of the model's schedule (σ_k, ..., σ_1, 0), k = round(strength x steps)."""
+    """The last k+1 sigmas of the model's schedule (sigma_k, ..., sigma_1, 0), k = round(strength x steps)."""
     try:
         k = ddim.inversion_steps(steps, strength)
     except ValueError as e:
@@ -88,7 +88,7 @@ def invert_flow(model, sm, positive, negative, latent, samples, steps, strength,
     sched = flow_schedule(ms, steps, strength, samples.shape, node)
     store.schedule = sched
     k = len(sched.timesteps)
-    inv_sigmas = torch.tensor([0.0] + list(sched.sigmas[:-1])[::-1])  # ascending 0, σ_1, ..., σ_k
+    inv_sigmas = torch.tensor([0.0] + list(sched.sigmas[:-1])[::-1])  # ascending 0, sigma_1, ..., sigma_k
     layers_all = dit_layers(model, node)
     kept = keep.layers(layers_all) if capture_kv else []
     run = DiTRun("capture", store, sched, kept, keep_k=keep.keeps_k)

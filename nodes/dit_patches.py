@@ -182,20 +182,20 @@ def patch_dit(model_patcher, run: DiTRun, all_layers):
 
 @torch.no_grad()
 def sample_flow_invert(model, x, sigmas, extra_args=None, callback=None, disable=None):
-    """Euler inversion of the flow ODE dx/dσ = v(x, σ) up the ascending ``sigmas`` [0, σ_1, ..., σ_k]
-    as a k-diffusion sampler function; ``x`` is the clean latent (KSAMPLER's noise scaling at σ = 0).
+    """Euler inversion of the flow ODE dx/dsigma = v(x, sigma) up the ascending ``sigmas`` [0, sigma_1, ..., sigma_k]
+    as a k-diffusion sampler function; ``x`` is the clean latent (KSAMPLER's noise scaling at sigma = 0).
 
-    Step i evaluates the velocity on the current (lower) latent x_i told the *higher* level σ_{i+1}, as
+    Step i evaluates the velocity on the current (lower) latent x_i told the *higher* level sigma_{i+1}, as
     the official DDIM inversion does, so that the model calls (and the K/V captured in them) sit at exactly
     the noise levels FastDragSample's Euler steps visit on the way down:
-        v = (x_i − x̂₀(x_i, σ_{i+1})) / σ_{i+1};   x_{i+1} = x_i + v · (σ_{i+1} − σ_i).
-    (For ComfyUI's CONST models x̂₀ = x − σ·v_θ, so v is the model's velocity; DDIM = Euler for flows.)"""
+        v = (x_i - x_hat_0(x_i, sigma_{i+1})) / sigma_{i+1};   x_{i+1} = x_i + v · (sigma_{i+1} - sigma_i).
+    (For ComfyUI's CONST models x_hat_0 = x - sigma·v_theta, so v is the model's velocity; DDIM = Euler for flows.)"""
     extra_args = {} if extra_args is None else extra_args
     s_in = x.new_ones([x.shape[0]])
     sig = [float(s) for s in sigmas]
     for i in range(len(sig) - 1):
         comfy.model_management.throw_exception_if_processing_interrupted()
-        denoised = model(x, sigmas[i + 1] * s_in, **extra_args)  # K/V of σ_{i+1} captured here
+        denoised = model(x, sigmas[i + 1] * s_in, **extra_args)  # K/V of sigma_{i+1} captured here
         v = ddim.eps_from_denoised(x, denoised, sig[i + 1])
         x = ddim.inversion_step(x, v, sig[i], sig[i + 1])
         if callback is not None:

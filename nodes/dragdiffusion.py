@@ -153,9 +153,9 @@ class DragJob:
 def sample_dragdiffusion(model, x, sigmas, extra_args=None, callback=None, disable=None, job: DragJob = None):
     """The drag loop as a k-diffusion sampler function.
 
-    ``sigmas`` = [σ_t, σ_{t-1}]; ``x`` = z_t·sqrt(σ_t²+1) in model space (ComfyUI's convention).
-    Optimises z_t (official: ``init_code``), with x_{t-1}(z) = sqrt(ᾱ_{t-1}) x̂0 + sqrt(1 - ᾱ_{t-1}) ε
-    from ComfyUI's denoised x̂0 and ε = (x - x̂0)/σ_t. Returns the optimised x at σ_t.
+    ``sigmas`` = [sigma_t, sigma_{t-1}]; ``x`` = z_t·sqrt(sigma_t²+1) in model space (ComfyUI's convention).
+    Optimises z_t (official: ``init_code``), with x_{t-1}(z) = sqrt(abar_{t-1}) x_hat0 + sqrt(1 - abar_{t-1}) eps
+    from ComfyUI's denoised x_hat0 and eps = (x - x_hat0)/sigma_t. Returns the optimised x at sigma_t.
 
     The UNet's weights take part as constants: :func:`fastdrag_core.frozen_weights.frozen_parameters`
     gives each one, for the loop only, a stand-in on the same memory that autograd may save and that

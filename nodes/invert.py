@@ -31,7 +31,7 @@ NODE = "FastDragInvert"
 
 def edit_schedule(ms, steps: int, strength: float, latent_shape, node: str = NODE) -> KVSchedule:
     """The official schedule on ComfyUI's ``ddim_uniform`` sigmas: the last k+1 sigmas
-    (σ(t_k), ..., σ(t_1), 0) with k = round(strength·steps); for 10 steps, 0.7: t = 601 ... 1."""
+    (sigma(t_k), ..., sigma(t_1), 0) with k = round(strength·steps); for 10 steps, 0.7: t = 601 ... 1."""
     try:
         k = ddim.inversion_steps(steps, strength)
     except ValueError as e:
@@ -44,7 +44,7 @@ def edit_schedule(ms, steps: int, strength: float, latent_shape, node: str = NOD
 
 
 def check_model_schedule(ms, sched: KVSchedule, node: str, what: str = "the latent was inverted") -> None:
-    """The model's σ_t at each of the schedule's timesteps must be the σ the schedule was made with
+    """The model's sigma_t at each of the schedule's timesteps must be the sigma the schedule was made with
     (a latent or K/V from a model with another noise schedule would be denoised at wrong noise levels)."""
     for t, s in zip(sched.timesteps, sched.sigmas):
         if not math.isclose(float(ms.sigmas[t]), s, rel_tol=1e-4):
@@ -171,7 +171,7 @@ class FastDragInvert(io.ComfyNode):
             return io.NodeOutput(out_latent, store, ui=ui.PreviewText(msg))
         sched = edit_schedule(ms, steps, strength, samples.shape)
         k = len(sched.timesteps)
-        # ascending: σ(t=0) (the official ᾱ_{-99} := ᾱ_0), σ(t_1), ..., σ(t_k)
+        # ascending: sigma(t=0) (the official abar_{-99} := abar_0), sigma(t_1), ..., sigma(t_k)
         inv_sigmas = torch.tensor([float(ms.sigmas[0])] + list(sched.sigmas[:-1])[::-1])
 
         store = new_kv_store(model, kv_device, sched, k)

@@ -270,8 +270,8 @@ def patch_model(model_patcher, run: KVRun, sites: list[Site], model_sampling=Non
 def sample_fastdrag_invert(model, x, sigmas, extra_args=None, callback=None, disable=None):
     """Official DDIM inversion as a k-diffusion sampler function (see fastdrag_core.ddim).
 
-    ``sigmas`` ascend: [σ(t=0), σ(t_1), ..., σ(t_k)]; ``x`` is the clean latent in model space
-    (KSAMPLER adds σ·0 noise). Returns x at σ(t_k) (x = z_k / sqrt(ᾱ_k), ComfyUI's convention)."""
+    ``sigmas`` ascend: [sigma(t=0), sigma(t_1), ..., sigma(t_k)]; ``x`` is the clean latent in model space
+    (KSAMPLER adds sigma·0 noise). Returns x at sigma(t_k) (x = z_k / sqrt(abar_k), ComfyUI's convention)."""
     extra_args = {} if extra_args is None else extra_args
     s_in = x.new_ones([x.shape[0]])
     sig = [float(s) for s in sigmas]
@@ -280,7 +280,7 @@ def sample_fastdrag_invert(model, x, sigmas, extra_args=None, callback=None, dis
         comfy.model_management.throw_exception_if_processing_interrupted()
         s, sn = sig[i], sig[i + 1]
         x_in = ddim.inversion_model_input(x, s, sn)
-        denoised = model(x_in, sigmas[i + 1] * s_in, **extra_args)  # K/V of t(σ_next) captured here
+        denoised = model(x_in, sigmas[i + 1] * s_in, **extra_args)  # K/V of t(sigma_next) captured here
         eps = ddim.eps_from_denoised(x_in, denoised, sn)
         x = ddim.inversion_step(x, eps, s, sn)
         if callback is not None:
@@ -290,13 +290,13 @@ def sample_fastdrag_invert(model, x, sigmas, extra_args=None, callback=None, dis
 
 @torch.no_grad()
 def sample_fastdrag_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None):
-    """Deterministic DDIM (η = 0) down descending ``sigmas`` as a k-diffusion sampler function."""
+    """Deterministic DDIM (eta = 0) down descending ``sigmas`` as a k-diffusion sampler function."""
     extra_args = {} if extra_args is None else extra_args
     s_in = x.new_ones([x.shape[0]])
     sig = [float(s) for s in sigmas]
     for i in range(len(sig) - 1):
         comfy.model_management.throw_exception_if_processing_interrupted()
-        denoised = model(x, sigmas[i] * s_in, **extra_args)  # K/V of t(σ_i) injected here
+        denoised = model(x, sigmas[i] * s_in, **extra_args)  # K/V of t(sigma_i) injected here
         if sig[i + 1] == 0.0:
             x = denoised
         else:

@@ -23,7 +23,7 @@ def eps_fn(z, t):
 
 
 def comfy_model(x, sigma, t):
-    """What ComfyUI's EPS model wrapper returns: denoised = x - σ ε(x / sqrt(σ²+1), t)."""
+    """What ComfyUI's EPS model wrapper returns: denoised = x - sigma eps(x / sqrt(sigma²+1), t)."""
     z = x / math.sqrt(sigma ** 2 + 1)
     return x - sigma * eps_fn(z, t)
 
@@ -58,7 +58,7 @@ def test_sigma_form_inversion_equals_official():
 
 
 def test_without_rescale_is_not_official():
-    """Skipping the input rescale (Euler on flipped sigmas from σ0) is measurably different."""
+    """Skipping the input rescale (Euler on flipped sigmas from sigma0) is measurably different."""
     torch.manual_seed(0)
     z0 = torch.randn(1, 4, 8, 8, dtype=torch.float64)
     ts = [1, 101, 201]
@@ -77,7 +77,7 @@ def test_sigma_form_ddim_equals_official():
     torch.manual_seed(1)
     zt = torch.randn(1, 4, 8, 8, dtype=torch.float64)
     ts = [601, 501, 401, 301, 201, 101, 1]
-    ref = ddim.official_ddim_sampling(zt, eps_fn, AC, ts)  # ends at ᾱ_0 like the official code
+    ref = ddim.official_ddim_sampling(zt, eps_fn, AC, ts)  # ends at abar_0 like the official code
     sig = [float(SIGMAS[t]) for t in ts] + [float(SIGMAS[0])]
     x = zt * math.sqrt(sig[0] ** 2 + 1)
     for i, t in enumerate(ts):
@@ -95,7 +95,7 @@ def test_ddim_step_to_zero_returns_denoised():
 
 
 def test_inversion_then_ddim_round_trip_with_exact_eps():
-    """With an ε that does not depend on z (a fixed noise), inversion followed by DDIM back down the
+    """With an eps that does not depend on z (a fixed noise), inversion followed by DDIM back down the
     same sigmas recovers z0 exactly: the two step formulas are inverses."""
     torch.manual_seed(2)
     z0 = torch.randn(1, 4, 8, 8, dtype=torch.float64)
@@ -113,8 +113,8 @@ def test_alphas_from_sigmas():
 
 @pytest.mark.parametrize("alpha_bar", [0.999, 0.5, 0.16, 0.01])
 def test_eps_from_denoised_of_a_v_prediction_model(alpha_bar):
-    """A v model: z = √ᾱ x0 + √(1−ᾱ) ε, v = √ᾱ ε − √(1−ᾱ) x0. ComfyUI's V_PREDICTION.calculate_denoised
-    (comfy/model_sampling.py, σ_data = 1) on x = z/√ᾱ gives x̂₀ = x/(σ²+1) − v·σ/√(σ²+1); ε must come back."""
+    """A v model: z = sqrt(abar) x0 + sqrt(1-abar) eps, v = sqrt(abar) eps - sqrt(1-abar) x0. ComfyUI's V_PREDICTION.calculate_denoised
+    (comfy/model_sampling.py, sigma_data = 1) on x = z/sqrt(abar) gives x_hat_0 = x/(sigma²+1) - v·sigma/sqrt(sigma²+1); eps must come back."""
     g = torch.Generator().manual_seed(3)
     x0, eps = torch.randn(2, 4, 8, 8, dtype=torch.float64, generator=g)
     a = torch.tensor(alpha_bar, dtype=torch.float64)

@@ -8,6 +8,7 @@ import os
 
 import pytest
 import torch
+from torch.nn import Conv2d  # plain layers: the unit tests' small models (no comfy.ops here)
 import torch.nn.functional as F
 
 from fastdrag_core import dragdiffusion as dd
@@ -287,7 +288,7 @@ def test_only_z_gets_a_gradient():
     """Network weights that require grad (as ComfyUI's UNet weights do) get no gradient and no .grad
     from the loop, with or without a loss scaler, and the result is the one with frozen weights."""
     g = torch.Generator().manual_seed(11)
-    conv1, conv2 = torch.nn.Conv2d(4, 6, 3, padding=1), torch.nn.Conv2d(4, 4, 3, padding=1)
+    conv1, conv2 = Conv2d(4, 6, 3, padding=1), Conv2d(4, 4, 3, padding=1)
     with torch.no_grad():
         for p in (*conv1.parameters(), *conv2.parameters()):
             p.copy_(torch.randn(p.shape, generator=g) * 0.3)

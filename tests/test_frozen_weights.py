@@ -3,6 +3,7 @@ w.r.t. the input, with no weight copied and the module handed back as found."""
 
 import pytest
 import torch
+from torch.nn import Conv2d, Linear  # plain layers: the unit tests' small models (no comfy.ops here)
 
 from fastdrag_core.frozen_weights import frozen_parameters, ordinary_alias
 
@@ -12,7 +13,7 @@ def inference_module(**flags):
     require grad, as ComfyUI's loaded UNet weights."""
     torch.manual_seed(0)
     with torch.inference_mode():
-        m = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Flatten(), torch.nn.Linear(4 * 5 * 5, 2))
+        m = torch.nn.Sequential(Conv2d(3, 4, 3, padding=1), torch.nn.Flatten(), Linear(4 * 5 * 5, 2))
     assert all(p.is_inference() and p.requires_grad for p in m.parameters())
     return m
 
@@ -39,7 +40,7 @@ def test_gradient_wrt_input_without_copying_a_weight():
         m(xg).square().sum().backward()
     assert (info.total, info.aliased, info.copied_bytes, info.requires_grad) == (4, 4, 0, 0)
     # the reference: the same network with ordinary weight copies
-    ref = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Flatten(), torch.nn.Linear(100, 2))
+    ref = torch.nn.Sequential(Conv2d(3, 4, 3, padding=1), torch.nn.Flatten(), Linear(100, 2))
     with torch.no_grad():
         for q, (p, _) in zip(ref.parameters(), before):
             q.copy_(p)
@@ -53,7 +54,7 @@ def test_gradient_wrt_input_without_copying_a_weight():
 
 def test_ordinary_weights_that_require_grad_get_no_gradient():
     """After a GPU load outside inference mode ComfyUI's weights are ordinary and require grad."""
-    m = torch.nn.Linear(3, 2)
+    m = Linear(3, 2)
     ptrs = [p.data_ptr() for p in m.parameters()]
     with frozen_parameters(m) as info:
         assert [p.data_ptr() for p in m.parameters()] == ptrs and info.requires_grad == 0

@@ -5,6 +5,8 @@ import copy
 import pytest
 import torch
 
+CUDA = torch.device("cuda")  # the CUDA-only tests' device
+
 from fastdrag_core.kv import KV_DEVICE_SHARE, InjectionStats, KVPolicy, KVSchedule, KVStore, keep_kv_on_device
 
 SCHED = KVSchedule(sigmas=(3.0, 2.0, 1.0, 0.0), timesteps=(301, 201, 101), steps=4, strength=0.75,
@@ -170,7 +172,7 @@ def test_entries_that_do_not_fit_spill_to_cpu_from_cuda():
     s = KVStore(fits=fits)
     for t in (1, 2, 3):
         k, v = kv()
-        s.capture("L", t, [0], k.cuda(), v.cuda())
+        s.capture("L", t, [0], k.to(CUDA), v.to(CUDA))
     s.freeze()
     assert s.spilled == 3 and s.devices() == {"cpu", "cuda:0"} and "spilled to cpu" in s.describe()
 
@@ -278,7 +280,7 @@ def test_auto_moves_a_large_store_from_cuda_to_cpu():
     s = KVStore(SCHED, placement=lambda n: (False, "too large"))
     for t in SCHED.timesteps:
         k, v = kv()
-        s.capture(LAYERS[0], t, [0], k.cuda(), v.cuda())
+        s.capture(LAYERS[0], t, [0], k.to(CUDA), v.to(CUDA))
     s.freeze()
     assert s.devices() == {"cpu"} and s.moved == 2
     k2, _ = KVPolicy().select(s, LAYERS[0], 201, [0], torch.zeros(1, 16, 8, device="cuda"),

@@ -232,7 +232,7 @@ def official_setup(seed=0, batch=4):
     a = AC[t].reshape(-1, 1, 1, 1)
     z_t = a.sqrt() * x0 + (1 - a).sqrt() * eps          # DDPMScheduler.add_noise
     sigma = SIGMAS[t]
-    x = z_t * (1 + sigma.reshape(-1, 1, 1, 1) ** 2).sqrt()  # ComfyUI's x = x0 + σ ε
+    x = z_t * (1 + sigma.reshape(-1, 1, 1, 1) ** 2).sqrt()  # ComfyUI's x = x0 + sigma eps
     return g, x0, eps, a, z_t, sigma, x
 
 
@@ -253,7 +253,7 @@ def test_v_loss_equals_official_mse_float64():
     v_hat = v + 0.2 * torch.randn(v.shape, generator=g, dtype=torch.float64)
     want = torch.mean((v_hat - v) ** 2)
     s = sigma.reshape(-1, 1, 1, 1)
-    denoised = x / (s ** 2 + 1) - v_hat * s / (s ** 2 + 1).sqrt()  # ComfyUI V_PREDICTION, σ_data = 1
+    denoised = x / (s ** 2 + 1) - v_hat * s / (s ** 2 + 1).sqrt()  # ComfyUI V_PREDICTION, sigma_data = 1
     got = lora.noise_prediction_loss(denoised, x0, sigma, "v")
     assert abs(got.item() - want.item()) <= 1e-12 * want.item()
 
@@ -277,7 +277,7 @@ def test_float32_loss_is_close_to_float64_over_the_whole_sigma_range():
     d32 = x32 - s32.reshape(-1, 1, 1, 1) * eps_hat.float()
     got = lora.noise_prediction_loss(d32, x0.float(), s32, "eps")
     assert got.dtype == torch.float32
-    # smallest σ (t = 0) is 0.029: float32 rounding of x ~ 6e-8·|x| becomes ~2e-6/0.029 in ε
+    # smallest sigma (t = 0) is 0.029: float32 rounding of x ~ 6e-8·|x| becomes ~2e-6/0.029 in eps
     assert abs(got.item() - want) < 1e-3 * want
 
 
@@ -287,7 +287,7 @@ def test_loss_hand_worked():
     sigma = torch.tensor([2.0, 1.0])
     # eps: item 0: (1² + 2²)/4 = 1.25; item 1: 4/1 = 4 -> mean over 4 elements = (0.25+1+4+0)/4
     assert lora.noise_prediction_loss(d, x0, sigma, "eps").item() == pytest.approx(5.25 / 4, abs=1e-7)
-    # v (σ_d = 1): w = (σ²+1)/σ²: item 0: 5/4, item 1: 2 -> (5/4·1 + 5/4·4 + 2·4 + 0)/4
+    # v (sigma_d = 1): w = (sigma²+1)/sigma²: item 0: 5/4, item 1: 2 -> (5/4·1 + 5/4·4 + 2·4 + 0)/4
     assert lora.noise_prediction_loss(d, x0, sigma, "v").item() == pytest.approx((1.25 + 5.0 + 8.0) / 4, abs=1e-7)
 
 

@@ -120,16 +120,16 @@ def js_offenders(source: str, name: str) -> list[str]:
 def test_the_checks_catch_what_they_should():
     """Hand-made cases: the checks find a non-cp1252 character in a string, an f-string piece and a JS
     string or template literal, and ignore docstrings, comments and cp1252 characters (en dash, x)."""
-    py = ('"""Docstring with σ_t and ε."""\n'
-          'def f(x):\n    """z ← z − η∇ (fine here)"""\n    # comment: ∇\n'
-          '    a = "1 – 2 × 3"\n    b = f"{x} → y"\n    return "ᾱ_t"\n')
+    py = ('"""Docstring with \u03c3_t and \u03b5."""\n'
+          'def f(x):\n    """z \u2190 z \u2212 \u03b7\u2207 (fine here)"""\n    # comment: \u2207\n'
+          '    a = "1 – 2 × 3"\n    b = f"{x} \u2192 y"\n    return "\u1fb1_t"\n')
     assert sorted(o.split(":")[1] for o in python_offenders(py, "case.py")) == ["6", "7"]
-    js = ('// α comment\nconst a = "fine – ok"; /* Σ */\nconst b = `${a} → b`;\n'
-          'const r = /\\/\\/ no comment/g; const d = 4 / 2; // ∇\nconst u = "http://x"; const s = \'σ\';\n')
+    js = ('// \u03b1 comment\nconst a = "fine – ok"; /* \u03a3 */\nconst b = `${a} \u2192 b`;\n'
+          'const r = /\\/\\/ no comment/g; const d = 4 / 2; // \u2207\nconst u = "http://x"; const s = \'\u03c3\';\n')
     code = js_code_without_comments(js)
-    assert "http://x" in code and "no comment" in code and "α" not in code and "∇" not in code
+    assert "http://x" in code and "no comment" in code and "\u03b1" not in code and "\u2207" not in code
     found = js_offenders(js, "case.js")
-    assert len(found) == 2 and "→" in found[0] and "σ" in found[1], found
+    assert len(found) == 2 and "\u2192" in found[0] and "\u03c3" in found[1], found
 
 
 @pytest.mark.parametrize("path", python_files(PYTHON), ids=lambda p: os.path.relpath(p, ROOT))

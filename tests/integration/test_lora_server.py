@@ -1,8 +1,8 @@
 """DragDiffusionLoRA in the real ComfyUI server (tiny random checkpoints, CPU).
 
 The noise-prediction loss is measured with core nodes only: ``SamplerCustom`` (euler, cfg 1, one step
-from σ to 0, fixed noise seed) returns the model's x0 prediction D for x = x0 + σ ε, and the official
-loss mean((ε̂ − ε)²) equals mean((D − x0)²) / σ² in model space (fastdrag_core.lora.loss_weights).
+from sigma to 0, fixed noise seed) returns the model's x0 prediction D for x = x0 + sigma eps, and the official
+loss mean((eps_hat - eps)²) equals mean((D - x0)²) / sigma² in model space (fastdrag_core.lora.loss_weights).
 
 Run: COMFYUI_ROOT=~/.cache/comfy-harness/ComfyUI python3 -m pytest tests/integration/test_lora_server.py -v
 """
@@ -101,7 +101,7 @@ def predictions(outdir, tag, evals=EVAL):
 
 
 def losses(outdir, tag, evals=EVAL):
-    """The official eps-MSE at each evaluation timestep: mean((D − x0)²) / σ² in model space."""
+    """The official eps-MSE at each evaluation timestep: mean((D - x0)²) / sigma² in model space."""
     x0 = torch.load(os.path.join(outdir, "x0.pt"))["latent"].double() * SCALE
     return {t: float((((d.double() * SCALE) - x0) ** 2).mean()) / sd_sigma(t) ** 2
             for t, d in predictions(outdir, tag, evals).items()}
@@ -183,9 +183,9 @@ def test_zero_steps_passes_through_and_training_left_the_input_model_alone(train
 
 def test_first_step_loss_equals_an_independent_computation(server, trained, tmp_path):
     """Step 1 runs the untrained model (B = 0), so its loss can be recomputed outside the node: the data
-    draws of seed 0 (fastdrag_core.lora.draw_step), x = x0 + σ_t ε built here, fed to the base model by
-    LoadLatent + SamplerCustom (no added noise, one euler step from σ_t to 0 returns D), and the
-    official mean((ε̂ − ε)²) = mean((D − x0)²) / σ². Checks the crops, draw order, σ(t), noise scaling,
+    draws of seed 0 (fastdrag_core.lora.draw_step), x = x0 + sigma_t eps built here, fed to the base model by
+    LoadLatent + SamplerCustom (no added noise, one euler step from sigma_t to 0 returns D), and the
+    official mean((eps_hat - eps)²) = mean((D - x0)²) / sigma². Checks the crops, draw order, sigma(t), noise scaling,
     latent scaling and loss weighting of the node against the equations, not against its own output."""
     from fastdrag_core import lora as core
 

@@ -344,7 +344,7 @@ def test_kv_from_another_schedule(server):
 
 def test_kv_from_a_model_with_another_noise_schedule(server):
     """K/V and latent inverted on the plain model, sampled on the same UNet with zero-terminal-SNR
-    sigmas (ModelSamplingDiscrete zsnr): same timesteps, other σ_t, refused before any UNet call."""
+    sigmas (ModelSamplingDiscrete zsnr): same timesteps, other sigma_t, refused before any UNet call."""
     p = base(server.ckpt_name)
     p["zsnr"] = {"class_type": "ModelSamplingDiscrete",
                  "inputs": {"model": ["ckpt", 0], "sampling": "eps", "zsnr": True}}

@@ -63,7 +63,7 @@ class FastDragTestSave:
 class FastDragTestRefInvert:
     """Official DDIM inversion (fastdrag-method.md §1.5) in float64, UNet called directly.
 
-    eps-prediction UNets give ε; v-prediction UNets give v, and ε = sqrt(ᾱ_t)·v + sqrt(1 − ᾱ_t)·z_t
+    eps-prediction UNets give eps; v-prediction UNets give v, and eps = sqrt(abar_t)·v + sqrt(1 - abar_t)·z_t
     (diffusers' DDIM ``pred_epsilon`` for ``prediction_type="v_prediction"``). SDXL's extra input y
     (pooled text + size embedding) is built as ComfyUI's samplers do (``extra_conds``)."""
 
@@ -105,7 +105,7 @@ class FastDragTestRefInvert:
             x0 = (z - math.sqrt(1 - a_prev) * eps) / math.sqrt(a_prev)
             z = math.sqrt(a_t) * x0 + math.sqrt(1 - a_t) * eps
             a_prev = a_t
-        # back to ComfyUI's LATENT convention: samples = z / sqrt(ᾱ_t) / scale
+        # back to ComfyUI's LATENT convention: samples = z / sqrt(abar_t) / scale
         samples = lf.process_out(z / math.sqrt(a_prev))
         return _save(path, {"latent": samples, "timesteps": ts, "v_pred": v_pred, "has_y": bool(extra)})
 
@@ -236,7 +236,7 @@ class FastDragTestAttn1Report:
         return _save(path, {k: (list(v) if isinstance(v, list) else v) for k, v in rec.items()})
 
 
-NODE_CLASS_MAPPINGS = {
+_NODES = {  # see the end of the file
     "FastDragTestSave": FastDragTestSave,
     "FastDragTestRefInvert": FastDragTestRefInvert,
     "FastDragTestMakeLora": FastDragTestMakeLora,
@@ -245,26 +245,31 @@ NODE_CLASS_MAPPINGS = {
     "FastDragTestAttn1Report": FastDragTestAttn1Report,
 }
 
-from .dragbench_ref import NODE_CLASS_MAPPINGS as _DRAGBENCH_REF_NODES  # noqa: E402  (DragBench metric references)
+from .dragbench_ref import NODES as _DRAGBENCH_REF_NODES  # noqa: E402  (DragBench metric references)
 
-NODE_CLASS_MAPPINGS.update(_DRAGBENCH_REF_NODES)
+_NODES.update(_DRAGBENCH_REF_NODES)
 
-from .dragdiffusion_ref import NODE_CLASS_MAPPINGS as _DD_NODES  # noqa: E402
+from .dragdiffusion_ref import NODES as _DD_NODES  # noqa: E402
 
-NODE_CLASS_MAPPINGS.update(_DD_NODES)
+_NODES.update(_DD_NODES)
 
-from .object_move_ref import NODE_CLASS_MAPPINGS as _OBJECT_MOVE_NODES  # noqa: E402
+from .object_move_ref import NODES as _OBJECT_MOVE_NODES  # noqa: E402
 
-NODE_CLASS_MAPPINGS.update(_OBJECT_MOVE_NODES)
+_NODES.update(_OBJECT_MOVE_NODES)
 
-from .flow_ref import NODE_CLASS_MAPPINGS as _FLOW_NODES  # noqa: E402  (Flux / SD3 references)
+from .flow_ref import NODES as _FLOW_NODES  # noqa: E402  (Flux / SD3 references)
 
-NODE_CLASS_MAPPINGS.update(_FLOW_NODES)
+_NODES.update(_FLOW_NODES)
 
-from .device_peak import NODE_CLASS_MAPPINGS as _PEAK_NODES  # noqa: E402  (benchmarks/device_check.py)
+from .device_peak import NODES as _PEAK_NODES  # noqa: E402  (benchmarks/device_check.py)
 
-NODE_CLASS_MAPPINGS.update(_PEAK_NODES)
+_NODES.update(_PEAK_NODES)
 
-from .memory_probe import NODE_CLASS_MAPPINGS as _MEMORY_NODES  # noqa: E402  (live tensors, weights in the loops)
+from .memory_probe import NODES as _MEMORY_NODES  # noqa: E402  (live tensors, weights in the loops)
 
-NODE_CLASS_MAPPINGS.update(_MEMORY_NODES)
+_NODES.update(_MEMORY_NODES)
+
+# ComfyUI reads a V1 pack's NODE_CLASS_MAPPINGS; built from _NODES (not a dict literal) so that registry
+# tooling reading the repository statically (comfy-test coverage) does not count these test-only nodes
+# as the pack's (tests/test_registry_tooling.py)
+NODE_CLASS_MAPPINGS = dict(_NODES)

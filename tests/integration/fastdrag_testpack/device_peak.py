@@ -33,4 +33,4 @@ class FastDragTestDevicePeak:
         return {"ui": {"text": [json.dumps(info)]}}
 
 
-NODE_CLASS_MAPPINGS = {"FastDragTestDevicePeak": FastDragTestDevicePeak}
+NODES = {"FastDragTestDevicePeak": FastDragTestDevicePeak}

@@ -73,4 +73,4 @@ class FastDragTestDiftRef:
         return {"ui": {"text": [path]}}
 
 
-NODE_CLASS_MAPPINGS = {"FastDragTestDiftRef": FastDragTestDiftRef}
+NODES = {"FastDragTestDiftRef": FastDragTestDiftRef}

@@ -198,7 +198,7 @@ def param_state(model, path) -> dict:
     return info
 
 
-NODE_CLASS_MAPPINGS = {
+NODES = {  # registered by the test pack's __init__
     "FastDragTestDDFirstStep": FastDragTestDDFirstStep,
     "FastDragTestUNetFwdBwd": FastDragTestUNetFwdBwd,
     "FastDragTestTrainableWeights": FastDragTestTrainableWeights,

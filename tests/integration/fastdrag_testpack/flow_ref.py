@@ -8,7 +8,7 @@
 * ``FastDragTestRefFlow``: float64 reference written from the equations, calling the DiT directly:
   the schedule from the shift formulas (Flux: e^mu / (e^mu + 1/t - 1); SD3: s t / (1 + (s - 1) t)) at
   ComfyUI's ``simple`` scheduler's times t_i = (T - floor(i T / n)) / T; Euler inversion x_{i+1} = x_i +
-  v(x_i, σ_{i+1}) (σ_{i+1} - σ_i); the image tokens' V (and K) of every block recorded at each σ by
+  v(x_i, sigma_{i+1}) (sigma_{i+1} - sigma_i); the image tokens' V (and K) of every block recorded at each sigma by
   forward hooks on the blocks' qkv projections (not the product's attention hooks); Euler sampling down
   from a given latent, replacing those projections' image-token V (and K) of the kept blocks by the
   recorded ones (the same tensor before / after QK-norm and RoPE, which are per token).
@@ -142,7 +142,7 @@ class FastDragTestRefFlow:
 
         sig = reference_sigmas(ms, steps)
         k = min(steps, max(1, int(round(strength * steps))))
-        sig = sig[-(k + 1):]  # σ_k, ..., σ_1, 0
+        sig = sig[-(k + 1):]  # sigma_k, ..., sigma_1, 0
         modules = _qkv_modules(dm, ctx.shape[1])
         n = len(modules)
         kept = {"none": [], "v_last_third": [m[0] for m in modules[n - math.ceil(n / 3):]],
@@ -172,7 +172,7 @@ class FastDragTestRefFlow:
         saved_rope = flux_math.apply_rope
         flux_math.apply_rope = _rope_float64
         try:
-            up = sig[::-1]  # 0, σ_1, ..., σ_k
+            up = sig[::-1]  # 0, sigma_1, ..., sigma_k
             x = z0
             for i in range(k):
                 state["label"] = i + 1
@@ -275,6 +275,6 @@ class FastDragTestDiTReport:
         return _save(path, dict(DIT_CALLS.get(tag, {})))
 
 
-NODE_CLASS_MAPPINGS = {"FastDragTestDiTPatches": FastDragTestDiTPatches, "FastDragTestDiTReport": FastDragTestDiTReport,
+NODES = {"FastDragTestDiTPatches": FastDragTestDiTPatches, "FastDragTestDiTReport": FastDragTestDiTReport,
                        "FastDragTestNarrowFlux": FastDragTestNarrowFlux, "FastDragTestRefFlow": FastDragTestRefFlow,
                        "FastDragTestMakeVAE16": FastDragTestMakeVAE16}

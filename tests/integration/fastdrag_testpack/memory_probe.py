@@ -109,7 +109,7 @@ class FastDragTestWeightPointers:
         return ()
 
 
-NODE_CLASS_MAPPINGS = {
+NODES = {  # registered by the test pack's __init__
     "FastDragTestLiveTensors": FastDragTestLiveTensors,
     "FastDragTestWeightProbe": FastDragTestWeightProbe,
     "FastDragTestWeightPointers": FastDragTestWeightPointers,

@@ -103,4 +103,4 @@ class FastDragTestRefObjectMove:
         return {"ui": {"text": [f"{len(sites)} layers, {len(store)} K/V captured, {state['injected']} injected"]}}
 
 
-NODE_CLASS_MAPPINGS = {"FastDragTestRefObjectMove": FastDragTestRefObjectMove}
+NODES = {"FastDragTestRefObjectMove": FastDragTestRefObjectMove}
