@@ -698,7 +698,13 @@ async def layouts_after_run(cdp, args, lines, prefix=""):
 
 async def upstream_scenario(cdp, args, R):
     """Load Image -> Image Scale -> a new FastDragPoints (no drags): the run stops at the node, which
-    sends its picture; press-and-drag places a drag; rewiring marks the picture stale."""
+    sends its picture; press-and-drag places a drag; rewiring marks the picture stale. First, nodes
+    added as from the menu: the seed's "control after generate" of the pack's nodes and of KSampler."""
+    R["seed_controls"] = await cdp.js("""(() => { const out = {};
+      for (const t of ['DragDiffusionLoRA', 'DragDiffusionEdit', 'DragMeanDistance', 'KSampler']) {
+        const n = LiteGraph.createNode(t); app.graph.add(n);
+        out[t] = n.widgets.find(w => w.name === 'control_after_generate')?.value ?? null; app.graph.remove(n); }
+      return out; })()""")
     await cdp.js(f"""(() => {{ app.clean?.(); const g = app.graph; g.clear();
       const add = (type, x, y) => {{ const n = LiteGraph.createNode(type); n.pos = [x, y]; g.add(n); return n; }};
       const li = add('LoadImage', 40, 100), sc = add('ImageScale', 360, 100),

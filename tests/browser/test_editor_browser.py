@@ -347,6 +347,15 @@ def test_status_warns_before_the_run(ui):
     assert {"1", "2", "3", "4"} <= set(tops) and len({tops[k] for k in ("1", "2", "3", "4")}) == 1, tops
 
 
+def test_pack_seeds_start_fixed(ui):
+    """The seeds of the identity LoRA, DragDiffusionEdit and DIFT are method settings: a node added from
+    the menu starts on "fixed", so a second Queue reuses the LoRA, the inversion and DIFT's official
+    seed (issue 14.1); ComfyUI's own KSampler keeps its "randomize"."""
+    assert section(ui, "upstream")["seed_controls"] == {
+        "DragDiffusionLoRA": "fixed", "DragDiffusionEdit": "fixed", "DragMeanDistance": "fixed",
+        "KSampler": "randomize"}
+
+
 def test_any_upstream_leads_to_a_placeable_picture(ui):
     """Load Image -> Image Scale -> a new FastDragPoints: the first run stops at the node without an
     error (no error dialog), its picture is now in the editor with the next step; press-and-drag
