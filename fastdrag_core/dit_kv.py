@@ -24,7 +24,7 @@ from typing import Hashable, Optional, Sequence
 
 import torch
 
-from .kv import InjectionStats, KVStore
+from .kv import InjectionStats, KVStore, lookup
 
 __all__ = ["DiTKVKeep", "KEEP_OPTIONS", "DEFAULT_KEEP", "capture", "inject", "store_bytes", "image_tokens"]
 
@@ -90,15 +90,8 @@ def inject(store: KVStore, layer: Hashable, step: Optional[int], chunks: Sequenc
     n = len(chunks)
     ks, vs = [], []
     for c, kk, vv in zip(chunks, k.chunk(n), v.chunk(n)):
-        hit = store.get(layer, step, c)
-        if hit is not None:
-            stats.hits += 1
-        elif uncond_fallback and c != 0 and store.get(layer, step, 0) is not None:
-            hit = store.get(layer, step, 0)
-            stats.fallbacks += 1
+        hit = lookup(store, layer, step, c, stats, uncond_fallback)
         if hit is None:
-            stats.misses += 1
-            stats.missed_keys.append((layer, step, c))
             ks.append(kk)
             vs.append(vv)
             continue

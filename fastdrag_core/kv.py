@@ -294,6 +294,24 @@ class InjectionStats:
         return self
 
 
+def lookup(store: KVStore, layer: Hashable, step, chunk: int, stats: InjectionStats,
+           uncond_fallback: bool = True):
+    """The stored (K, V) for one chunk of one attention call, counted in ``stats``: the exact
+    (layer, step, chunk) entry (a hit); else, for the uncond chunk of a store captured at cfg 1 and
+    with ``uncond_fallback``, the cond entry (a fallback, as the official code shares one K/V for every
+    batch entry); else None (a miss, its key recorded)."""
+    hit = store.get(layer, step, chunk)
+    if hit is not None:
+        stats.hits += 1
+    elif uncond_fallback and chunk != 0 and store.get(layer, step, 0) is not None:
+        hit = store.get(layer, step, 0)
+        stats.fallbacks += 1
+    if hit is None:
+        stats.misses += 1
+        stats.missed_keys.append((layer, step, chunk))
+    return hit
+
+
 @dataclass(frozen=True)
 class KVPolicy:
     """Which layers and steps get their K/V replaced while sampling, and how.
@@ -334,15 +352,8 @@ class KVPolicy:
         n = len(chunks)
         ks, vs = [], []
         for c, kk, vv in zip(chunks, k.chunk(n), v.chunk(n)):
-            hit = store.get(layer, timestep, c)
-            if hit is not None:
-                stats.hits += 1
-            elif self.uncond_fallback and c != 0 and store.get(layer, timestep, 0) is not None:
-                hit = store.get(layer, timestep, 0)
-                stats.fallbacks += 1
+            hit = lookup(store, layer, timestep, c, stats, self.uncond_fallback)
             if hit is None:
-                stats.misses += 1
-                stats.missed_keys.append((layer, timestep, c))
                 ks.append(kk)
                 vs.append(vv)
                 continue
