@@ -33,18 +33,13 @@ sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests", "integration"))
 from comfy_server import ComfyServer, find_comfyui, pattern_png  # noqa: E402
 from graphs import points_json, points_node  # noqa: E402
 
+import server_memory  # noqa: E402  (benchmarks/, beside this script)
+from server_memory import reset_peak  # noqa: E402
+
 
 def status_bytes(pid: int, key: str) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    raise KeyError(key)
-
-
-def reset_peak(pid: int):
-    with open(f"/proc/{pid}/clear_refs", "w") as f:  # "5": VmHWM := VmRSS
-        f.write("5")
+    """``VmRSS`` or ``VmHWM`` of ``pid`` in bytes (server_memory.read, the one /proc reader)."""
+    return int(server_memory.read(pid)[key] * 2 ** 20)
 
 
 def mib(n) -> str:
