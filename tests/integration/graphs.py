@@ -46,6 +46,18 @@ def sample_node(latent, kv, model=("ckpt", 0), cfg=1.0, consistency=True, negati
     return {"class_type": "FastDragSample", "inputs": inputs}
 
 
+def warp_fill_sample_nodes(inv="inv", drag=("pts", 0), model=("ckpt", 0), positive=("pos", 0)) -> dict:
+    """FastDragWarp -> FastDragBNNI -> FastDragSample on the latent and K/V of the FastDragInvert node
+    ``inv`` (node ids ``warp``, ``bnni``, ``samp``; default settings, cfg 1)."""
+    return {
+        "warp": {"class_type": "FastDragWarp", "inputs": {"latent": [inv, 0], "drag": list(drag),
+                                                          "handle_on_cell": "paper"}},
+        "bnni": {"class_type": "FastDragBNNI", "inputs": {"latent": ["warp", 0], "null_mask": ["warp", 1],
+                                                          "fill": "bnni"}},
+        "samp": sample_node(("bnni", 0), (inv, 1), model=model, positive=positive),
+    }
+
+
 def edit_node(drag=("pts", 0), model=("ckpt", 0), positive=("pos", 0), image=("img", 0), steps=10, strength=0.7,
               cfg=1.0, negative=None, **extra) -> dict:
     inputs = {"model": list(model), "vae": ["ckpt", 2], "positive": list(positive), "image": list(image),

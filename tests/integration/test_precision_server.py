@@ -36,7 +36,7 @@ import pytest
 import torch
 
 from comfy_server import ComfyServer, NoTestCheckpoint, PromptError, pattern_png, skip_or_fail
-from graphs import points_json
+from graphs import points_json, warp_fill_sample_nodes
 
 SIZE = 64
 IMG = "precision.png"
@@ -67,13 +67,7 @@ def prompts(ckpt: str, out: str) -> dict:
     fd["inv"] = {"class_type": "FastDragInvert", "inputs": {"model": ["ckpt", 0], "positive": ["pos", 0],
                                                             "latent": ["enc", 0], "steps": 4, "strength": 0.5,
                                                             "cfg": 1.0}}
-    fd["warp"] = {"class_type": "FastDragWarp", "inputs": {"latent": ["inv", 0], "drag": ["pts", 0],
-                                                           "handle_on_cell": "paper"}}
-    fd["bnni"] = {"class_type": "FastDragBNNI", "inputs": {"latent": ["warp", 0], "null_mask": ["warp", 1],
-                                                           "fill": "bnni"}}
-    fd["samp"] = {"class_type": "FastDragSample", "inputs": {"model": ["ckpt", 0], "positive": ["pos", 0],
-                                                             "latent": ["bnni", 0], "kv": ["inv", 1], "cfg": 1.0,
-                                                             "consistency": True}}
+    fd.update(warp_fill_sample_nodes())
     fd["edit"] = {"class_type": "FastDragEdit", "inputs": {
         "model": ["ckpt", 0], "vae": ["ckpt", 2], "positive": ["pos", 0], "image": ["img", 0], "drag": ["pts", 0],
         "steps": 4, "strength": 0.5, "cfg": 1.0}}

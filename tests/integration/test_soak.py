@@ -34,7 +34,7 @@ import pytest
 import server_memory
 from comfy_server import PromptError, pattern_png, skip_or_fail
 from dragbench_data import install_random_alexnet, png, texture
-from graphs import points_json
+from graphs import points_json, warp_fill_sample_nodes
 
 RUNS = 3             # per chain
 WARMUP = 1           # runs before the memory must be flat
@@ -90,13 +90,7 @@ def fastdrag_stages(ckpt, run, out):
     re-drag in the UI; every stage after it runs again)."""
     p = with_points(ckpt, run)
     p["inv"] = invert()
-    p["warp"] = {"class_type": "FastDragWarp", "inputs": {"latent": ["inv", 0], "drag": ["pts", 0],
-                                                          "handle_on_cell": "paper"}}
-    p["bnni"] = {"class_type": "FastDragBNNI", "inputs": {"latent": ["warp", 0], "null_mask": ["warp", 1],
-                                                          "fill": "bnni"}}
-    p["samp"] = {"class_type": "FastDragSample", "inputs": {"model": ["ckpt", 0], "positive": ["pos", 0],
-                                                            "latent": ["bnni", 0], "kv": ["inv", 1], "cfg": 1.0,
-                                                            "consistency": True}}
+    p.update(warp_fill_sample_nodes())
     p["save"] = sink(out, ("samp", 0))
     return p
 
